@@ -1,0 +1,1 @@
+"""mefl: multi-exit federated learning on Flower."""

@@ -1,0 +1,66 @@
+"""mefl ClientApp: local multi-exit training on this node's shard, per-exit evaluation."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from . import metrics
+from .partitions import label_counts
+from .settings import RunSettings
+from .tasks import build_model, load_client_shard
+from .training import apply_thread_setting, evaluate_exits, select_device, train_local
+
+app = ClientApp()
+
+
+def _prepare(msg: Message, context: Context):
+    """Settings, shard, device and the received global model, ready to use."""
+    settings = RunSettings.from_run_config(context.run_config)
+    apply_thread_setting(settings)
+    config = msg.content["config"]
+    num_classes, input_shape = int(config["num-classes"]), tuple(int(d) for d in config["input-shape"])
+    shard = load_client_shard(settings, context.node_config, num_classes, input_shape)
+    device = select_device(settings)
+    model = build_model(settings, num_classes, input_shape)
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    return settings, shard, device, model.to(device), num_classes
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train the global model locally, then score THIS locally trained model on the local test
+    part, per exit: the personalized accuracy."""
+    settings, shard, device, model, num_classes = _prepare(msg, context)
+    server_round = int(msg.content["config"]["server-round"])
+    # One seed per (run seed, round, client): batch order and dropout repeat exactly.
+    seed = settings.seed * 1_000_003 + server_round * 1_009 + shard.partition_id
+    torch.manual_seed(seed)
+    started = time.perf_counter()
+    train_loss = train_local(
+        model, shard.train, settings,
+        generator=torch.Generator().manual_seed(seed),
+        device=device,
+        proximal_mu=float(msg.content["config"].get("proximal-mu", 0.0)),
+    )
+    train_seconds = time.perf_counter() - started
+    scores = evaluate_exits(model, shard.test, batch_size=settings.eval_batch_size, device=device)
+    record = metrics.scores_record(
+        shard.partition_id, len(shard.train), scores,
+        **{metrics.TRAIN_LOSS: train_loss, metrics.TRAIN_SECONDS: train_seconds,
+           metrics.LABEL_COUNTS: label_counts(shard.train.y, num_classes)},
+    )
+    arrays = ArrayRecord(model.to("cpu").state_dict())
+    return Message(RecordDict({"arrays": arrays, "metrics": record}), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Score the received global model on the local test part, per exit."""
+    settings, shard, device, model, _ = _prepare(msg, context)
+    scores = evaluate_exits(model, shard.test, batch_size=settings.eval_batch_size, device=device)
+    record = metrics.scores_record(shard.partition_id, len(shard.test), scores)
+    return Message(RecordDict({"metrics": record}), reply_to=msg)

@@ -1,0 +1,69 @@
+"""mefl ServerApp: FedAvg over the multi-exit model, wrapped by tracking and central evaluation."""
+
+from __future__ import annotations
+
+from logging import INFO
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid, ServerApp
+
+from .results import RunRecorder, make_run_dir
+from .settings import RunSettings
+from .strategies import build_strategy
+from .tasks import exit_names, initial_model, load_task_data
+from .tracking import TrackingStrategy
+from .training import evaluate_exits, select_device
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    settings = RunSettings.from_run_config(context.run_config)  # bad settings fail here, before round 1
+    data = load_task_data(settings)
+    model = initial_model(settings, data.num_classes, data.input_shape)
+    device = select_device(settings)
+    label = f"{settings.task}-{'me' if settings.multi_exit else 'se'}-seed{settings.seed}-run{context.run_id}"
+    run_dir = make_run_dir(settings.output_path, label)
+    log(INFO, "[mefl] writing results to %s", run_dir)
+    recorder = RunRecorder(
+        run_dir,
+        header={
+            "run_id": context.run_id,
+            "run_config": settings.as_run_config(),
+            "model": {"class": type(model).__name__, "parameters": sum(p.numel() for p in model.parameters())},
+            "data": {"task": data.name, "num_classes": data.num_classes, "pool_size": len(data.train),
+                     "central_test_size": len(data.test)},
+        },
+        exit_names=exit_names(settings),
+        target=settings.target_accuracy,
+    )
+
+    def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        """The global model on the central test set, per exit; closes the round's record."""
+        model.load_state_dict(arrays.to_torch_state_dict())
+        scores = evaluate_exits(model.to(device), data.test, batch_size=settings.eval_batch_size, device=device)
+        recorder.record_central(server_round, scores)
+        if server_round > 0:
+            recorder.save_arrays(arrays, "checkpoint.pt")
+            recorder.finish_round(server_round, settings.num_server_rounds)
+        return MetricRecord({"accuracy": scores.accuracy, "loss": scores.loss})
+
+    # Clients build their model from what the server announces, and refuse other data.
+    data_config = {"num-classes": data.num_classes, "input-shape": list(data.input_shape)}
+    strategy = TrackingStrategy(build_strategy(settings), recorder)
+    try:
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(model.state_dict()),
+            num_rounds=settings.num_server_rounds,
+            train_config=ConfigRecord(dict(data_config)),
+            evaluate_config=ConfigRecord(dict(data_config)),
+            evaluate_fn=central_evaluate,
+        )
+    except BaseException as error:
+        recorder.fail(error)
+        raise
+    recorder.complete(result.arrays)
+    log(INFO, "[mefl] run completed: %s", run_dir / "results.json")

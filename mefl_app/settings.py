@@ -1,0 +1,198 @@
+"""Typed, validated view of the run config (``[tool.flwr.app.config]`` plus overrides).
+
+Flower hands the run config over as a plain dict and does not coerce values, so every setting
+is cast and checked here, once, with a one-line error that names the setting. The ServerApp
+validates before round 1, so a bad value never costs a training round.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+TASKS = ("fmnist", "har")
+NORMS = ("batch", "group")
+TEACHERS = ("last", "next")
+DEVICES = ("auto", "cpu", "cuda")
+PARTITION_BY = ("dirichlet", "subject")
+HAR_SUBSETS = ("acc", "adl", "fall")
+STRATEGIES = ("fedavg",)
+
+
+class SettingsError(ValueError):
+    """A run-config value that cannot work; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Every knob of a run. Field ``foo_bar`` is run-config key ``foo-bar``."""
+
+    task: str = "fmnist"
+    data_dir: str = "~/.cache/mefl/data"
+    output_dir: str = "outputs"
+    har_subset: str = "acc"
+    # federation
+    strategy: str = "fedavg"
+    num_server_rounds: int = 50
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0
+    min_available_nodes: int = 2
+    target_accuracy: float = 0.75
+    # shards
+    partition_by: str = "dirichlet"
+    dirichlet_alpha: float = 0.2
+    partition_seed: int = 42
+    min_partition_size: int = 20
+    test_fraction: float = 0.2
+    central_test_fraction: float = 0.2
+    # model
+    multi_exit: bool = True
+    exit_after: str = "1,3,5"
+    norm: str = "group"
+    hidden_size: int = 64
+    # loss
+    distill_weight: float = 0.5
+    distill_temperature: float = 3.0
+    distill_teacher: str = "last"
+    # local training
+    local_epochs: int = 5
+    batch_size: int = 32
+    learning_rate: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+    # execution
+    device: str = "auto"
+    torch_threads: int = 1
+    eval_batch_size: int = 1000
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> RunSettings:
+        """Cast and validate; unknown keys are left to Flower, which already rejects them."""
+        values = {}
+        for field in dataclasses.fields(cls):
+            key = field.name.replace("_", "-")
+            if key in run_config:
+                values[field.name] = _cast(key, run_config[key], type(field.default))
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    @classmethod
+    def from_app_dir(cls, app_dir: str | Path = ".", overrides: str = "") -> RunSettings:
+        """Defaults from the app's pyproject.toml plus ``flwr run --run-config``-style overrides."""
+        from flwr.common.config import get_fused_config_from_dir, parse_config_args
+
+        try:
+            run_config = get_fused_config_from_dir(Path(app_dir), parse_config_args([overrides]))
+        except ValueError as error:  # Flower's message for an unknown key
+            raise SettingsError(str(error)) from error
+        return cls.from_run_config(run_config)
+
+    def validate(self) -> None:
+        for name, (ok, requirement) in _RULES.items():
+            value = getattr(self, name)
+            if not ok(value):
+                raise SettingsError(f"{name.replace('_', '-')} {requirement}, got {value!r}")
+        self.exit_blocks  # parses and validates exit-after
+
+    @property
+    def exit_blocks(self) -> tuple[int, ...]:
+        """Layers/blocks followed by an exit; only the last one without ``multi-exit``."""
+        try:
+            blocks = tuple(int(b) for b in self.exit_after.split(","))
+        except ValueError:
+            raise SettingsError(f"exit-after must be comma-separated block numbers, got {self.exit_after!r}") from None
+        if not blocks or list(blocks) != sorted(set(blocks)) or blocks[0] < 1:
+            raise SettingsError(f"exit-after must be increasing block numbers >= 1, got {self.exit_after!r}")
+        return blocks if self.multi_exit else blocks[-1:]
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser().resolve()
+
+    @property
+    def output_path(self) -> Path:
+        return Path(self.output_dir).expanduser().resolve()
+
+    def as_run_config(self) -> dict[str, Any]:
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+_KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _cast(key: str, value: Any, kind: type) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    raise SettingsError(f"{key} must be {_KIND_NAMES[kind]}, got {value!r}")
+
+
+def _one_of(choices: tuple[str, ...]):
+    return (lambda v: v in choices), f"must be one of {', '.join(choices)}"
+
+
+def _at_least(low: float):
+    return (lambda v: v >= low), f"must be >= {low}"
+
+
+def _between(low: float, high: float, *, closed: str = ""):
+    """Interval check; ``closed`` names the closed ends: "", "low", "high" or "both"."""
+    lo_ok = (lambda v: v >= low) if closed in ("low", "both") else (lambda v: v > low)
+    hi_ok = (lambda v: v <= high) if closed in ("high", "both") else (lambda v: v < high)
+    brackets = ("[" if closed in ("low", "both") else "(") + f"{low}, {high}" + ("]" if closed in ("high", "both") else ")")
+    return (lambda v: lo_ok(v) and hi_ok(v)), f"must lie in {brackets}"
+
+
+_RULES = {
+    "task": _one_of(TASKS),
+    "strategy": _one_of(STRATEGIES),
+    "norm": _one_of(NORMS),
+    "distill_teacher": _one_of(TEACHERS),
+    "device": _one_of(DEVICES),
+    "partition_by": _one_of(PARTITION_BY),
+    "har_subset": _one_of(HAR_SUBSETS),
+    "num_server_rounds": _at_least(1),
+    "local_epochs": _at_least(1),
+    "batch_size": _at_least(2),
+    "eval_batch_size": _at_least(1),
+    "learning_rate": _between(0, float("inf")),
+    "momentum": _between(0, 1, closed="low"),
+    "weight_decay": _at_least(0),
+    "dirichlet_alpha": _between(0, float("inf")),
+    "min_partition_size": _at_least(2),
+    "test_fraction": _between(0, 1),
+    "central_test_fraction": _between(0, 1),
+    "fraction_train": _between(0, 1, closed="high"),
+    "fraction_evaluate": _between(0, 1, closed="both"),
+    "min_available_nodes": _at_least(1),
+    "target_accuracy": _between(0, 1, closed="high"),
+    "distill_weight": _between(0, 1, closed="both"),
+    "distill_temperature": _between(0, float("inf")),
+    "hidden_size": _at_least(1),
+    "torch_threads": _at_least(0),
+}

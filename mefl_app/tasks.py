@@ -1,0 +1,63 @@
+"""What a task is: its data and its model, chosen by the ``task`` setting."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from .datasets import TaskData, load_fashion_mnist
+from .models import MultiExitResNet
+from .partitions import ClientShard, check_shard_matches, load_shard, make_client_shard
+from .settings import RunSettings, SettingsError
+
+
+def load_task_data(settings: RunSettings) -> TaskData:
+    """The task's data pool (to shard) and central test set; cached per process."""
+    if settings.task == "fmnist":
+        return load_fashion_mnist(settings.data_path)
+    raise SettingsError(f"task {settings.task!r} has no data loader yet")
+
+
+def build_model(settings: RunSettings, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    """The task's multi-exit model (or its single-exit baseline with ``multi-exit = false``)."""
+    if settings.task == "fmnist":
+        return MultiExitResNet(num_classes, in_channels=input_shape[0], exit_after=settings.exit_blocks, norm=settings.norm)
+    raise SettingsError(f"task {settings.task!r} has no model yet")
+
+
+def initial_model(settings: RunSettings, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    """The global model of round 0, seeded by ``seed`` so that runs repeat exactly."""
+    with torch.random.fork_rng():
+        torch.manual_seed(settings.seed)
+        return build_model(settings, num_classes, input_shape)
+
+
+def exit_names(settings: RunSettings) -> list[str]:
+    """Exit labels by the block/layer they follow, so single- and multi-exit runs line up."""
+    unit = "block" if settings.task == "fmnist" else "layer"
+    return [f"{unit}{b}" for b in settings.exit_blocks]
+
+
+def load_client_shard(
+    settings: RunSettings, node_config: Mapping[str, Any], num_classes: int, input_shape: tuple[int, ...]
+) -> ClientShard:
+    """This node's shard: a ``shard-file`` from its node config (a real device holding only its
+    own data), else computed from ``partition-id`` / ``num-partitions`` (simulation).
+
+    ``num_classes`` / ``input_shape`` are those of the server's model; a shard file written
+    for another data set is refused before any training.
+    """
+    if "shard-file" in node_config:
+        shard = load_shard(str(node_config["shard-file"]))
+        check_shard_matches(shard, settings, num_classes, input_shape)
+        return shard
+    try:
+        partition_id, num_partitions = int(node_config["partition-id"]), int(node_config["num-partitions"])
+    except KeyError as missing:
+        raise SettingsError(
+            f"node config lacks {missing}: give a SuperNode either shard-file=... or partition-id=... num-partitions=..."
+        ) from None
+    return make_client_shard(load_task_data(settings), settings, partition_id, num_partitions)

@@ -1,0 +1,98 @@
+"""A strategy wrapper that measures a run without changing it.
+
+``TrackingStrategy`` delegates every decision to the strategy it wraps (FedAvg by default, any
+Flower ``Strategy`` in general) and only observes: bytes of the arrays in every message sent
+and received, which clients replied, and every client's per-exit metrics -- read from ALL
+replies before the inner strategy sees them, so strategies that aggregate a subset (Krum) still
+leave every client's personalized accuracy on record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from . import metrics as keys
+from .results import RunRecorder
+
+
+def array_bytes(content: RecordDict) -> int:
+    """Payload size of every array in a message's content."""
+    return sum(len(array.data) for record in content.array_records.values() for array in record.values())
+
+
+class AllRepliesFailed(RuntimeError):
+    """No client answered a round: the run stops instead of repeating an unchanged model."""
+
+
+class TrackingStrategy(Strategy):
+    def __init__(self, inner: Strategy, recorder: RunRecorder) -> None:
+        self.inner = inner
+        self.recorder = recorder
+        self._sent = 0  # messages sent in the current phase
+
+    def __getattr__(self, name: str) -> Any:  # the inner strategy's settings stay reachable
+        return getattr(self.inner, name)
+
+    def summary(self) -> None:
+        self.inner.summary()
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        self.recorder.round_started(server_round)
+        messages = list(self.inner.configure_train(server_round, arrays, config, grid))
+        self._sent = len(messages)
+        self.recorder.add_bytes(server_round, down=sum(array_bytes(m.content) for m in messages))
+        return messages
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        ok = self._observe(server_round, "train", replies, "personalized")
+        self.recorder.add_bytes(server_round, up=sum(array_bytes(m.content) for m in ok))
+        for message in ok:
+            record = keys.metric_record_of(message.content)
+            self.recorder.record_partition(int(record[keys.PARTITION_ID]), {
+                "num_train": int(record[keys.NUM_EXAMPLES]),
+                "num_test": int(record[keys.TEST_EXAMPLES]),
+                "label_counts_train": list(record[keys.LABEL_COUNTS]),
+            })
+        if ok:
+            records = [keys.metric_record_of(m.content) for m in ok]
+            total = sum(float(r[keys.NUM_EXAMPLES]) for r in records)
+            self.recorder.record_value(server_round, "train_loss", sum(float(r[keys.TRAIN_LOSS]) * float(r[keys.NUM_EXAMPLES]) for r in records) / total)
+            self.recorder.record_value(server_round, "client_train_seconds", {str(int(r[keys.PARTITION_ID])): float(r[keys.TRAIN_SECONDS]) for r in records})
+        else:
+            errors = {m.metadata.src_node_id: m.error.reason for m in replies if m.has_error()}
+            raise AllRepliesFailed(
+                f"round {server_round}: none of the {self._sent} training replies succeeded"
+                + (f"; first error: {next(iter(errors.values()))}" if errors else " (timed out)")
+            )
+        return self.inner.aggregate_train(server_round, replies)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        messages = list(self.inner.configure_evaluate(server_round, arrays, config, grid))
+        self._sent = len(messages)
+        self.recorder.add_bytes(server_round, down=sum(array_bytes(m.content) for m in messages))
+        return messages
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        replies = list(replies)
+        self._observe(server_round, "evaluate", replies, "global_local")
+        return self.inner.aggregate_evaluate(server_round, replies)
+
+    def _observe(self, server_round: int, phase: str, replies: list[Message], kind: str) -> list[Message]:
+        ok = [m for m in replies if not m.has_error()]
+        per_client = {}
+        for message in ok:
+            record = keys.metric_record_of(message.content)
+            per_client[int(record[keys.PARTITION_ID])] = keys.scores_from_record(record)
+        self.recorder.record_replies(
+            server_round, phase, self._sent,
+            ok={m.metadata.src_node_id: int(keys.metric_record_of(m.content)[keys.PARTITION_ID]) for m in ok},
+            failed={m.metadata.src_node_id: m.error.reason for m in replies if m.has_error()},
+        )
+        self.recorder.record_scores(server_round, kind, per_client)
+        return ok

@@ -80,15 +80,14 @@ class MultiExitResNet(nn.Module):
             inplanes = planes
         # Only the blocks some exit needs: a single-exit model after block 3 has 3 blocks.
         self.blocks = nn.ModuleList(blocks[: exit_after[-1]])
+        for module in self.modules():  # torchvision's ResNet initialisation
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
         # The deepest exit is created first so that single- and multi-exit models built from
         # the same seed share the initial backbone AND the initial last exit.
         heads = {b: self._exit_head(widths[b - 1], num_classes, dropout) for b in reversed(exit_after)}
         self.exits = nn.ModuleList(heads[b] for b in exit_after)
-
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
     @staticmethod
     def _exit_head(channels: int, num_classes: int, dropout: float) -> nn.Sequential:

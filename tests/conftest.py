@@ -1,0 +1,47 @@
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mefl_app.datasets import TaskData, TensorData
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def synthetic_task(n=600, num_classes=10, seed=0, name="fmnist") -> TaskData:
+    """Small image data set: the label sets the orientation of a stripe texture, a local
+    pattern that every exit can learn (a brightness code would be erased by GroupNorm)."""
+    g = torch.Generator().manual_seed(seed)
+    rows, cols = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+
+    def part(size):
+        y = torch.randint(0, num_classes, (size,), generator=g)
+        angle = (y.float() * torch.pi / num_classes).view(-1, 1, 1)
+        phase = torch.rand(size, 1, 1, generator=g) * 2 * torch.pi
+        stripes = torch.sin(2 * torch.pi * (rows * torch.cos(angle) + cols * torch.sin(angle)) / 5 + phase)
+        x = stripes.unsqueeze(1) + 0.3 * torch.randn(size, 1, 28, 28, generator=g)
+        return TensorData(x, y)
+
+    return TaskData(name, part(n), part(n // 5), tuple(f"c{i}" for i in range(num_classes)))
+
+
+def write_idx_fashion_mnist(root: Path, n_train=480, n_test=120, seed=0) -> Path:
+    """Fashion-MNIST's original IDX file format, uncompressed, where torchvision looks."""
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        # The label sets the brightness: learnable by every exit.
+        images = (rng.integers(0, 40, (n, 28, 28)) + 20 * labels[:, None, None]).astype(np.uint8)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, n, 28, 28) + images.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + labels.tobytes())
+    return root
+
+
+@pytest.fixture
+def task_data():
+    return synthetic_task()

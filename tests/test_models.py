@@ -1,0 +1,79 @@
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from mefl_app.models import MultiExitResNet
+
+
+def _blocks_run(model, x, **kwargs):
+    ran = []
+    hooks = [b.register_forward_hook(lambda m, i, o, n=n: ran.append(n)) for n, b in enumerate(model.blocks, 1)]
+    model(x, **kwargs)
+    for h in hooks:
+        h.remove()
+    return ran
+
+
+def test_forward_returns_one_logit_tensor_per_exit_shallowest_first():
+    model = MultiExitResNet().eval()
+    logits = model(torch.randn(5, 1, 28, 28))
+    assert model.num_exits == 3
+    assert [z.shape for z in logits] == [torch.Size([5, 10])] * 3
+
+
+def test_exits_follow_the_configured_blocks():
+    model = MultiExitResNet(exit_after=(2, 4))
+    assert model.num_exits == 2
+    assert len(model.blocks) == 4  # nothing built past the last exit
+    assert _blocks_run(model, torch.randn(2, 1, 28, 28)) == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("k, blocks", [(1, [1]), (2, [1, 2, 3]), (3, [1, 2, 3, 4, 5])])
+def test_stopping_at_exit_k_computes_no_later_block(k, blocks):
+    model = MultiExitResNet()
+    assert _blocks_run(model, torch.randn(2, 1, 28, 28), up_to_exit=k) == blocks
+    assert len(model(torch.randn(2, 1, 28, 28), up_to_exit=k)) == k
+
+
+def test_early_exit_costs_fewer_flops_and_the_full_pass_stays_under_budget():
+    model = MultiExitResNet().eval()
+    flops = []
+    for k in (1, 2, 3):
+        with FlopCounterMode(display=False) as counter:
+            model(torch.randn(1, 1, 28, 28), up_to_exit=k)
+        flops.append(counter.get_total_flops())
+    assert flops[0] < flops[1] < flops[2] < 20e6
+
+
+def test_up_to_exit_out_of_range_is_rejected():
+    with pytest.raises(ValueError, match="up_to_exit"):
+        MultiExitResNet()(torch.randn(1, 1, 28, 28), up_to_exit=4)
+
+
+def test_single_exit_baseline_is_the_same_backbone_with_only_the_last_exit():
+    torch.manual_seed(0)
+    multi = MultiExitResNet(exit_after=(1, 3, 5))
+    torch.manual_seed(0)
+    single = MultiExitResNet(exit_after=(5,))
+    assert single.num_exits == 1
+    multi_state, single_state = multi.state_dict(), single.state_dict()
+    backbone = [k for k in multi_state if not k.startswith("exits.")]
+    assert backbone == [k for k in single_state if not k.startswith("exits.")]
+    # Same seed, same initial backbone and same initial last exit: only the structure differs.
+    for key in backbone:
+        torch.testing.assert_close(multi_state[key], single_state[key])
+    torch.testing.assert_close(multi.exits[2][-1].weight, single.exits[0][-1].weight)
+
+
+@pytest.mark.parametrize("norm", ["batch", "group"])
+def test_norm_layer_is_a_setting(norm):
+    model = MultiExitResNet(norm=norm)
+    kinds = {type(m).__name__ for m in model.modules()}
+    assert ("BatchNorm2d" in kinds) == (norm == "batch")
+    assert ("GroupNorm" in kinds) == (norm == "group")
+
+
+def test_exit_head_is_pool_flatten_dropout_linear():
+    head = MultiExitResNet().exits[0]
+    assert [type(m).__name__ for m in head] == ["AdaptiveAvgPool2d", "Flatten", "Dropout", "Linear"]
+    assert head[2].p == 0.5

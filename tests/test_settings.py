@@ -1,0 +1,48 @@
+import dataclasses
+import tomllib
+
+import pytest
+
+from conftest import REPO
+from mefl_app.settings import RunSettings, SettingsError
+
+
+def test_defaults_equal_the_pyproject_run_config():
+    """pyproject.toml is what `flwr run` uses; the dataclass defaults must not drift from it."""
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    fields = {f.name.replace("_", "-"): f.default for f in dataclasses.fields(RunSettings)}
+    assert config == fields
+
+
+def test_study_defaults():
+    s = RunSettings.from_app_dir(REPO)
+    assert (s.num_server_rounds, s.local_epochs, s.dirichlet_alpha, s.target_accuracy) == (50, 5, 0.2, 0.75)
+    assert s.exit_blocks == (1, 3, 5)
+
+
+def test_single_exit_keeps_only_the_last_exit():
+    assert RunSettings(multi_exit=False).exit_blocks == (5,)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ("task='cifar'", "task must be one of fmnist, har"),
+    ("strategy='fedsgd'", "strategy must be one of"),
+    ("dirichlet-alpha=0.0", "dirichlet-alpha must lie in"),
+    ("dirichlet-alpha=-1.0", "dirichlet-alpha"),
+    ("test-fraction=1.0", "test-fraction must lie in"),
+    ("test-fraction=0.0", "test-fraction"),
+    ("local-epochs='five'", "local-epochs must be an integer"),
+    ("exit-after='3,1'", "exit-after"),
+    ("norm='layer'", "norm must be one of"),
+    ("distill-weight=2.0", "distill-weight"),
+    ("unknown-key=1", "unknown-key"),
+])
+def test_bad_settings_fail_with_one_line_naming_the_setting(overrides, message):
+    with pytest.raises(SettingsError, match=message) as error:
+        RunSettings.from_app_dir(REPO, overrides)
+    assert "\n" not in str(error.value)
+
+
+def test_values_are_cast_from_flower_types():
+    s = RunSettings.from_run_config({"num-server-rounds": 3.0, "learning-rate": 1, "multi-exit": "false"})
+    assert s.num_server_rounds == 3 and isinstance(s.learning_rate, float) and s.multi_exit is False

@@ -1,0 +1,57 @@
+import torch
+
+from conftest import synthetic_task
+
+from mefl_app.models import MultiExitResNet
+from mefl_app.settings import RunSettings
+from mefl_app.training import evaluate_exits, train_local
+
+CPU = torch.device("cpu")
+
+
+def test_local_training_learns_every_exit():
+    data = synthetic_task(n=800, num_classes=4)
+    settings = RunSettings(local_epochs=4, batch_size=32, learning_rate=0.01)
+    torch.manual_seed(0)
+    model = MultiExitResNet(num_classes=4)
+    before = evaluate_exits(model, data.test, batch_size=100, device=CPU)
+    loss = train_local(model, data.train, settings, generator=torch.Generator().manual_seed(0), device=CPU)
+    after = evaluate_exits(model, data.test, batch_size=100, device=CPU)
+    assert loss > 0
+    assert all(a > 0.6 for a in after.accuracy), after.accuracy  # chance: 0.25
+    assert all(a < b for a, b in zip(before.accuracy, after.accuracy))
+
+
+def test_training_is_deterministic_for_a_seed(task_data):
+    settings = RunSettings(local_epochs=1)
+    states = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        model = MultiExitResNet()
+        torch.manual_seed(4)
+        train_local(model, task_data.train, settings, generator=torch.Generator().manual_seed(4), device=CPU)
+        states.append(model.state_dict())
+    for key in states[0]:
+        torch.testing.assert_close(states[0][key], states[1][key])
+
+
+def test_proximal_term_keeps_weights_closer_to_the_global_model(task_data):
+    settings = RunSettings(local_epochs=1, learning_rate=0.05)
+    drift = {}
+    for mu in (0.0, 1.0):
+        torch.manual_seed(0)
+        model = MultiExitResNet()
+        start = [p.detach().clone() for p in model.parameters()]
+        torch.manual_seed(1)
+        train_local(model, task_data.train, settings, generator=torch.Generator().manual_seed(1), device=CPU, proximal_mu=mu)
+        drift[mu] = sum((p.detach() - s).pow(2).sum().item() for p, s in zip(model.parameters(), start))
+    assert drift[1.0] < drift[0.0]
+
+
+def test_evaluation_counts_per_exit_in_batches(task_data):
+    model = MultiExitResNet()
+    whole = evaluate_exits(model, task_data.test, batch_size=1000, device=CPU)
+    batched = evaluate_exits(model, task_data.test, batch_size=7, device=CPU)
+    assert whole.correct == batched.correct and whole.total == len(task_data.test)
+    assert all(abs(a - b) < 1e-3 for a, b in zip(whole.loss_sum, batched.loss_sum))
+    assert not model.training

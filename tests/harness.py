@@ -1,0 +1,93 @@
+"""Run the app for real in tests: a private ``flower-superlink --simulation`` on a free port,
+its own FLWR_HOME, and ``flwr run`` against it -- the same path as ``flwr run .`` on a laptop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_config_arg(config: dict) -> str:
+    """``--run-config`` syntax: strings quoted, numbers and booleans bare (TOML)."""
+    def value(v):
+        if isinstance(v, bool):
+            return str(v).lower()
+        return f"'{v}'" if isinstance(v, (str, Path)) else str(v)
+    return " ".join(f"{k}={value(v)}" for k, v in config.items())
+
+
+class SimulationSuperLink:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            "FLWR_HOME": str(home),
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+            "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+        }
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> SimulationSuperLink:
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "config.toml").write_text(
+            f'[superlink]\ndefault = "test"\n\n[superlink.test]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n'
+        )
+        self.log = open(self.home / "superlink.log", "w")
+        self.process = subprocess.Popen(
+            [str(BIN / "flower-superlink"), "--insecure", "--simulation", "--host", "127.0.0.1",
+             "--port", str(self.port), "--disable-runtime-dependency-installation"],
+            env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1):
+                    return self
+            except OSError:
+                if self.process.poll() is not None:
+                    break
+                time.sleep(0.3)
+        self.__exit__(None, None, None)
+        raise RuntimeError(f"SuperLink did not come up: {(self.home / 'superlink.log').read_text()[-2000:]}")
+
+    def run(self, app_dir: Path, run_config: dict, num_supernodes: int, timeout: float = 600) -> subprocess.CompletedProcess:
+        federation = f"num-supernodes={num_supernodes} client-resources-num-cpus=1"
+        return subprocess.run(
+            [str(BIN / "flwr"), "run", str(app_dir), "test", "--stream",
+             "--run-config", run_config_arg(run_config), "--federation-config", federation],
+            env=self.env, capture_output=True, text=True, timeout=timeout,
+        )
+
+    def __exit__(self, *exc) -> None:
+        """Stop the SuperLink and everything it started (its process group)."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        self.log.close()
+
+
+def only_results(output_dir: Path) -> dict:
+    files = sorted(output_dir.glob("*/results.json"))
+    assert len(files) == 1, f"expected one run folder in {output_dir}, found {files}"
+    return json.loads(files[0].read_text())

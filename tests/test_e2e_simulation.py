@@ -1,0 +1,69 @@
+"""End-to-end through Flower's real simulation engine (SuperLink + Ray), small synthetic data
+in the real Fashion-MNIST file format."""
+
+import pytest
+
+from conftest import REPO, write_idx_fashion_mnist
+from harness import SimulationSuperLink, only_results
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def superlink(tmp_path_factory):
+    with SimulationSuperLink(tmp_path_factory.mktemp("flwr-home")) as link:
+        yield link
+
+
+@pytest.fixture(scope="module")
+def fmnist_dir(tmp_path_factory):
+    return write_idx_fashion_mnist(tmp_path_factory.mktemp("data"), n_train=600, n_test=150)
+
+
+def test_two_rounds_three_clients_write_complete_results(superlink, fmnist_dir, tmp_path):
+    config = {"data-dir": fmnist_dir, "output-dir": tmp_path, "num-server-rounds": 2, "local-epochs": 1,
+              "min-partition-size": 20, "target-accuracy": 0.2}
+    proc = superlink.run(REPO, config, num_supernodes=3)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = only_results(tmp_path)
+    assert results["status"] == "completed", results.get("error")
+    assert results["exit_names"] == ["block1", "block3", "block5"]
+    assert [r["round"] for r in results["rounds"]] == [1, 2]
+    for entry in results["rounds"]:
+        for kind in ("personalized", "global_local", "central"):
+            assert set(entry[kind]) == {"block1", "block3", "block5"}, kind
+            for metrics in entry[kind].values():
+                assert 0.0 <= metrics["accuracy"] <= 1.0
+        assert len(entry["personalized"]["block5"]["per_client"]) == 3
+        assert entry["replies"]["train"] == {"sent": 3, "ok": 3, "failed": 0, "missing": 0,
+                                             "partitions": [0, 1, 2], "errors": {}}
+        assert entry["replies"]["evaluate"]["ok"] == 3
+        assert entry["bytes_down"] > 0 and entry["bytes_up"] > 0
+        # Down: the model to 3 trainers and 3 evaluators; up: 3 trained models.
+        assert entry["bytes_down"] == 2 * entry["bytes_up"]
+        assert entry["seconds"] > 0
+    assert results["rounds"][1]["bytes_cumulative"] == 2 * results["rounds"][0]["bytes_cumulative"]
+    assert sorted(results["partitions"]) == ["0", "1", "2"]
+    assert sum(p["num_train"] + p["num_test"] for p in results["partitions"].values()) == 600
+    assert set(results["rounds_to_target"]) == {"personalized", "global_local", "central"}
+    run_dir = next(tmp_path.glob("*/"))
+    assert (run_dir / "model.pt").exists()
+    assert "[mefl] round 2/2" in proc.stdout
+
+
+def test_single_exit_run_reports_only_the_last_exit(superlink, fmnist_dir, tmp_path):
+    config = {"data-dir": fmnist_dir, "output-dir": tmp_path, "num-server-rounds": 1, "local-epochs": 1,
+              "multi-exit": False, "min-partition-size": 20}
+    proc = superlink.run(REPO, config, num_supernodes=2)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = only_results(tmp_path)
+    assert results["status"] == "completed", results.get("error")
+    assert results["exit_names"] == ["block5"]
+    assert set(results["rounds"][0]["central"]) == {"block5"}
+
+
+def test_bad_setting_stops_the_run_before_training(superlink, fmnist_dir, tmp_path):
+    config = {"data-dir": fmnist_dir, "output-dir": tmp_path, "dirichlet-alpha": -1.0}
+    proc = superlink.run(REPO, config, num_supernodes=2)
+    assert "dirichlet-alpha must lie in (0, inf), got -1.0" in proc.stdout + proc.stderr
+    assert not list(tmp_path.glob("*/results.json"))  # nothing that looks like a run

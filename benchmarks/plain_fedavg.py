@@ -10,10 +10,12 @@ performance benchmark, as the baseline the Flower app is measured against.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 
 import torch
+from torch import nn
 
 from mefl_app.metrics import pool
 from mefl_app.partitions import make_client_shard
@@ -28,6 +30,16 @@ def fedavg(states: list[dict[str, torch.Tensor]], weights: list[int]) -> dict[st
         key: sum(state[key].double() * (w / total) for state, w in zip(states, weights)).to(states[0][key].dtype)
         for key in states[0]
     }
+
+
+def with_batch_statistics(model: nn.Module) -> nn.Module:
+    """A copy whose BatchNorm layers normalise with each batch's own statistics instead of
+    the FedAvg-averaged running statistics (a diagnostic: which of the two is broken?)."""
+    probe = copy.deepcopy(model)
+    for module in probe.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.track_running_stats, module.running_mean, module.running_var = False, None, None
+    return probe
 
 
 def run(settings: RunSettings, num_clients: int, rounds: int, log=print) -> list[dict]:
@@ -62,6 +74,9 @@ def run(settings: RunSettings, num_clients: int, rounds: int, log=print) -> list
             "global_local": global_local.accuracy,
             "central": central.accuracy,
         }
+        if settings.norm == "batch":
+            probe = with_batch_statistics(model)
+            entry["central_batch_stats"] = evaluate_exits(probe, data.test, batch_size=settings.eval_batch_size, device=device).accuracy
         history.append(entry)
         log(json.dumps(entry))
     return history

@@ -20,6 +20,8 @@ DEVICES = ("auto", "cpu", "cuda")
 PARTITION_BY = ("dirichlet", "subject")
 HAR_SUBSETS = ("acc", "adl", "fall")
 STRATEGIES = ("fedavg",)
+DEFAULT_EXITS = {"fmnist": "1,3,5", "har": "1,2,3"}
+DEPTH = {"fmnist": 5, "har": 3}  # residual blocks / LSTM layers
 
 
 class SettingsError(ValueError):
@@ -50,7 +52,7 @@ class RunSettings:
     central_test_fraction: float = 0.2
     # model
     multi_exit: bool = True
-    exit_after: str = "1,3,5"
+    exit_after: str = ""
     norm: str = "group"
     hidden_size: int = 64
     # loss
@@ -101,13 +103,17 @@ class RunSettings:
 
     @property
     def exit_blocks(self) -> tuple[int, ...]:
-        """Layers/blocks followed by an exit; only the last one without ``multi-exit``."""
+        """Blocks (ResNet) / layers (LSTM) followed by an exit; only the last without ``multi-exit``.
+
+        Empty ``exit-after``: the study's choice per task (ResNet 1,3,5; LSTM 1,2,3)."""
+        text = self.exit_after or DEFAULT_EXITS[self.task]
         try:
-            blocks = tuple(int(b) for b in self.exit_after.split(","))
+            blocks = tuple(int(b) for b in text.split(","))
         except ValueError:
             raise SettingsError(f"exit-after must be comma-separated block numbers, got {self.exit_after!r}") from None
-        if not blocks or list(blocks) != sorted(set(blocks)) or blocks[0] < 1:
-            raise SettingsError(f"exit-after must be increasing block numbers >= 1, got {self.exit_after!r}")
+        if not blocks or list(blocks) != sorted(set(blocks)) or blocks[0] < 1 or blocks[-1] > DEPTH[self.task]:
+            raise SettingsError(
+                f"exit-after must be increasing numbers in 1..{DEPTH[self.task]} for task {self.task!r}, got {text!r}")
         return blocks if self.multi_exit else blocks[-1:]
 
     @property

@@ -8,24 +8,24 @@ from typing import Any
 import torch
 from torch import nn
 
-from .datasets import TaskData, load_fashion_mnist
-from .models import MultiExitResNet
+from .datasets import TaskData, load_fashion_mnist, load_har
+from .models import MultiExitLSTM, MultiExitResNet
 from .partitions import ClientShard, check_shard_matches, load_shard, make_client_shard
 from .settings import RunSettings, SettingsError
 
 
 def load_task_data(settings: RunSettings) -> TaskData:
     """The task's data pool (to shard) and central test set; cached per process."""
-    if settings.task == "fmnist":
-        return load_fashion_mnist(settings.data_path)
-    raise SettingsError(f"task {settings.task!r} has no data loader yet")
+    if settings.task == "har":
+        return load_har(settings.data_path, settings.har_subset, settings.central_test_fraction, settings.partition_seed)
+    return load_fashion_mnist(settings.data_path)
 
 
 def build_model(settings: RunSettings, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
     """The task's multi-exit model (or its single-exit baseline with ``multi-exit = false``)."""
-    if settings.task == "fmnist":
-        return MultiExitResNet(num_classes, in_channels=input_shape[0], exit_after=settings.exit_blocks, norm=settings.norm)
-    raise SettingsError(f"task {settings.task!r} has no model yet")
+    if settings.task == "har":
+        return MultiExitLSTM(num_classes, input_size=input_shape[-1], hidden_size=settings.hidden_size, exit_after=settings.exit_blocks)
+    return MultiExitResNet(num_classes, in_channels=input_shape[0], exit_after=settings.exit_blocks, norm=settings.norm)
 
 
 def initial_model(settings: RunSettings, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:

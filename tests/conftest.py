@@ -45,3 +45,29 @@ def write_idx_fashion_mnist(root: Path, n_train=480, n_test=120, seed=0) -> Path
 @pytest.fixture
 def task_data():
     return synthetic_task()
+
+
+def write_unimib_shar(root: Path, subset="acc", n=240, num_classes=4, subjects=6, seed=0, **override) -> Path:
+    """Synthetic windows in UniMiB-SHAR's real file layout (scipy.io .mat files).
+
+    ``override`` replaces a file's content: e.g. ``labels=array`` or ``names_var="x"``.
+    """
+    import scipy.io
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(1, num_classes + 1, n)
+    t = np.arange(151) / 50.0
+    # Class-specific oscillation frequency on each axis: learnable by an LSTM.
+    data = np.concatenate([np.sin(2 * np.pi * (labels[:, None] * (a + 1)) * t) for a in range(3)], axis=1)
+    data = 9.81 * data + rng.normal(0, 0.5, data.shape)
+    table = np.stack([labels, rng.integers(1, subjects + 1, n), rng.integers(1, 3, n)], axis=1).astype(float)
+    table[:subjects, 1] = np.arange(1, subjects + 1)  # every subject present
+    names = np.empty((2, num_classes), dtype=object)
+    for k in range(num_classes):
+        names[0, k] = names[1, k] = np.array([f"ACTIVITY_{k + 1}"])
+    root.mkdir(parents=True, exist_ok=True)
+    contents = {"data": override.get("data", data), "labels": override.get("labels", table), "names": override.get("names", names)}
+    for part, value in contents.items():
+        variable = override.get(f"{part}_var", f"{subset}_{part}")
+        scipy.io.savemat(root / f"{subset}_{part}.mat", {variable: value})
+    return root

@@ -1,4 +1,5 @@
-"""mefl ServerApp: FedAvg over the multi-exit model, wrapped by tracking and central evaluation."""
+"""mefl ServerApp: the configured Flower strategy over the multi-exit model, wrapped by
+tracking, with central evaluation of the global model after every round."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from .results import RunRecorder, make_run_dir
 from .settings import RunSettings
-from .strategies import build_strategy
+from .strategies import PooledTrainMetrics, build_strategy
 from .tasks import exit_names, initial_model, load_task_data
 from .tracking import TrackingStrategy
 from .training import evaluate_exits, select_device
@@ -20,21 +21,25 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    settings = RunSettings.from_run_config(context.run_config)  # bad settings fail here, before round 1
+    # Everything that can be wrong with the settings fails here, before any folder or round.
+    settings = RunSettings.from_run_config(context.run_config)
+    train_metrics = PooledTrainMetrics()
+    strategy = build_strategy(settings, train_metrics)
     data = load_task_data(settings)
     model = initial_model(settings, data.num_classes, data.input_shape)
     device = select_device(settings)
-    label = f"{settings.task}-{'me' if settings.multi_exit else 'se'}-seed{settings.seed}-run{context.run_id}"
-    run_dir = make_run_dir(settings.output_path, label)
+
+    run_dir = make_run_dir(settings.output_path, f"{settings.task}-{'me' if settings.multi_exit else 'se'}-seed{settings.seed}-run{context.run_id}")
     log(INFO, "[mefl] writing results to %s", run_dir)
     recorder = RunRecorder(
         run_dir,
         header={
             "run_id": context.run_id,
             "run_config": settings.as_run_config(),
+            "strategy": type(strategy).__name__,
             "model": {"class": type(model).__name__, "parameters": sum(p.numel() for p in model.parameters())},
-            "data": {"task": data.name, "num_classes": data.num_classes, "pool_size": len(data.train),
-                     "central_test_size": len(data.test)},
+            "data": {"task": data.name, "num_classes": data.num_classes, "class_names": list(data.class_names),
+                     "pool_size": len(data.train), "central_test_size": len(data.test)},
         },
         exit_names=exit_names(settings),
         target=settings.target_accuracy,
@@ -52,9 +57,8 @@ def main(grid: Grid, context: Context) -> None:
 
     # Clients build their model from what the server announces, and refuse other data.
     data_config = {"num-classes": data.num_classes, "input-shape": list(data.input_shape)}
-    strategy = TrackingStrategy(build_strategy(settings), recorder)
     try:
-        result = strategy.start(
+        result = TrackingStrategy(strategy, recorder, train_metrics).start(
             grid=grid,
             initial_arrays=ArrayRecord(model.state_dict()),
             num_rounds=settings.num_server_rounds,

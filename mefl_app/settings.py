@@ -19,7 +19,7 @@ TEACHERS = ("last", "next")
 DEVICES = ("auto", "cpu", "cuda")
 PARTITION_BY = ("dirichlet", "subject")
 HAR_SUBSETS = ("acc", "adl", "fall")
-STRATEGIES = ("fedavg",)
+DP_MODES = ("none", "fixed", "adaptive")
 DEFAULT_EXITS = {"fmnist": "1,3,5", "har": "1,2,3"}
 DEPTH = {"fmnist": 5, "har": 3}  # residual blocks / LSTM layers
 
@@ -37,12 +37,30 @@ class RunSettings:
     output_dir: str = "outputs"
     har_subset: str = "acc"
     # federation
-    strategy: str = "fedavg"
     num_server_rounds: int = 50
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
+    min_train_nodes: int = 2
     min_available_nodes: int = 2
     target_accuracy: float = 0.75
+    # strategy (see strategies.py): Flower's defaults; 0 for eta / eta-l = the strategy's own
+    strategy: str = "fedavg"
+    strategy_kwargs: str = "{}"
+    proximal_mu: float = 0.0
+    server_learning_rate: float = 1.0
+    server_momentum: float = 0.0
+    eta: float = 0.0
+    eta_l: float = 0.0
+    beta_1: float = 0.9
+    beta_2: float = 0.99
+    tau: float = 0.001
+    trim_beta: float = 0.2
+    num_malicious_nodes: int = 0
+    num_nodes_to_select: int = 1
+    dp: str = "none"
+    dp_noise_multiplier: float = 1.0
+    dp_clipping_norm: float = 10.0
+    dp_num_sampled_clients: int = 0
     # shards
     partition_by: str = "dirichlet"
     dirichlet_alpha: float = 0.2
@@ -65,6 +83,7 @@ class RunSettings:
     learning_rate: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    max_grad_norm: float = 0.0
     seed: int = 0
     # execution
     device: str = "auto"
@@ -176,7 +195,23 @@ def _between(low: float, high: float, *, closed: str = ""):
 
 _RULES = {
     "task": _one_of(TASKS),
-    "strategy": _one_of(STRATEGIES),
+    "dp": _one_of(DP_MODES),
+    "max_grad_norm": _at_least(0),
+    "min_train_nodes": _at_least(1),
+    "proximal_mu": _at_least(0),
+    "server_learning_rate": _between(0, float("inf")),
+    "server_momentum": _between(0, 1, closed="low"),
+    "eta": _at_least(0),
+    "eta_l": _at_least(0),
+    "beta_1": _between(0, 1, closed="low"),
+    "beta_2": _between(0, 1, closed="low"),
+    "tau": _at_least(0),
+    "trim_beta": _between(0, 0.5),
+    "num_malicious_nodes": _at_least(0),
+    "num_nodes_to_select": _at_least(1),
+    "dp_noise_multiplier": _at_least(0),
+    "dp_clipping_norm": _between(0, float("inf")),
+    "dp_num_sampled_clients": _at_least(0),
     "norm": _one_of(NORMS),
     "distill_teacher": _one_of(TEACHERS),
     "device": _one_of(DEVICES),

@@ -18,6 +18,7 @@ from flwr.serverapp.strategy import Strategy
 
 from . import metrics as keys
 from .results import RunRecorder
+from .strategies import PooledTrainMetrics
 
 
 def array_bytes(content: RecordDict) -> int:
@@ -30,9 +31,10 @@ class AllRepliesFailed(RuntimeError):
 
 
 class TrackingStrategy(Strategy):
-    def __init__(self, inner: Strategy, recorder: RunRecorder) -> None:
+    def __init__(self, inner: Strategy, recorder: RunRecorder, train_metrics: PooledTrainMetrics | None = None) -> None:
         self.inner = inner
         self.recorder = recorder
+        self.train_metrics = train_metrics  # tells which replies the inner strategy aggregated
         self._sent = 0  # messages sent in the current phase
 
     def __getattr__(self, name: str) -> Any:  # the inner strategy's settings stay reachable
@@ -70,7 +72,13 @@ class TrackingStrategy(Strategy):
                 f"round {server_round}: none of the {self._sent} training replies succeeded"
                 + (f"; first error: {next(iter(errors.values()))}" if errors else " (timed out)")
             )
-        return self.inner.aggregate_train(server_round, replies)
+        if self.train_metrics is not None:
+            self.train_metrics.last_partitions = None
+        aggregated = self.inner.aggregate_train(server_round, replies)
+        self.recorder.record_value(
+            server_round, "aggregated_partitions",
+            self.train_metrics.last_partitions if self.train_metrics is not None else None)
+        return aggregated
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         messages = list(self.inner.configure_evaluate(server_round, arrays, config, grid))

@@ -65,6 +65,8 @@ def train_local(
                 loss = loss + proximal_mu / 2 * sum((p - a).pow(2).sum() for p, a in zip(model.parameters(), anchor))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if settings.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
             optimizer.step()
             loss_sum += loss.detach()
             steps += 1

@@ -32,11 +32,15 @@ def run_config_arg(config: dict) -> str:
 
 
 class SimulationSuperLink:
-    def __init__(self, home: Path) -> None:
+    """``ray_address``: attach every run's simulation to this running Ray cluster instead of
+    starting (and tearing down) a private Ray instance per run."""
+
+    def __init__(self, home: Path, ray_address: str | None = None) -> None:
         self.home = home
         self.port = free_port()
         self.env = {
             **os.environ,
+            **({"RAY_ADDRESS": ray_address} if ray_address else {}),
             "FLWR_HOME": str(home),
             "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
             "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
@@ -91,3 +95,58 @@ def only_results(output_dir: Path) -> dict:
     files = sorted(output_dir.glob("*/results.json"))
     assert len(files) == 1, f"expected one run folder in {output_dir}, found {files}"
     return json.loads(files[0].read_text())
+
+
+class RayCluster:
+    """A Ray cluster on 127.0.0.1: ``ray start --head --block`` plus optional worker nodes
+    (``ray start --address ... --block``), each in its own process group, so that stopping it
+    stops exactly these Ray processes and no other Ray on the machine."""
+
+    def __init__(self, temp_dir: Path, num_cpus: int = 2) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.temp_dir = temp_dir
+        self.num_cpus = num_cpus
+        self.env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
+        self.nodes: list[subprocess.Popen] = []
+
+    def _start(self, args: list[str], num_cpus: int) -> None:
+        log = open(self.temp_dir / f"node{len(self.nodes)}.log", "w")
+        self.nodes.append(subprocess.Popen(
+            [str(BIN / "ray"), "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", str(num_cpus),
+             "--disable-usage-stats", *args],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        ))
+
+    def __enter__(self) -> RayCluster:
+        self.temp_dir.mkdir(parents=True, exist_ok=True)
+        self._start(["--head", "--port", str(self.port), "--include-dashboard", "false",
+                     "--temp-dir", str(self.temp_dir / "ray")], self.num_cpus)
+        self.wait_for_nodes(1)
+        return self
+
+    def add_worker(self, num_cpus: int) -> None:
+        self._start(["--address", self.address], num_cpus)
+        self.wait_for_nodes(len(self.nodes))
+
+    def wait_for_nodes(self, count: int, timeout: float = 120) -> None:
+        probe = f"import ray; ray.init(address='{self.address}', logging_level='ERROR'); print(len([n for n in ray.nodes() if n['Alive']]))"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = subprocess.run([sys.executable, "-c", probe], env=self.env, capture_output=True, text=True, timeout=60)
+            if out.returncode == 0 and out.stdout.strip().splitlines() and int(out.stdout.strip().splitlines()[-1]) >= count:
+                return
+            time.sleep(1)
+        self.__exit__(None, None, None)
+        raise RuntimeError(f"Ray cluster at {self.address} did not reach {count} node(s)")
+
+    def __exit__(self, *exc) -> None:
+        for node in reversed(self.nodes):
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGTERM)
+        for node in reversed(self.nodes):
+            try:
+                node.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(node.pid, signal.SIGKILL)
+                node.wait(timeout=10)

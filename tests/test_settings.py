@@ -26,7 +26,8 @@ def test_single_exit_keeps_only_the_last_exit():
 
 @pytest.mark.parametrize("overrides, message", [
     ("task='cifar'", "task must be one of fmnist, har"),
-    ("strategy='fedsgd'", "strategy must be one of"),
+    ("dp='laplace'", "dp must be one of none, fixed, adaptive"),
+    ("proximal-mu='big'", "proximal-mu must be a number"),
     ("dirichlet-alpha=0.0", "dirichlet-alpha must lie in"),
     ("dirichlet-alpha=-1.0", "dirichlet-alpha"),
     ("test-fraction=1.0", "test-fraction must lie in"),

@@ -42,7 +42,7 @@ def main(grid: Grid, context: Context) -> None:
                      "pool_size": len(data.train), "central_test_size": len(data.test)},
         },
         exit_names=exit_names(settings),
-        target=settings.target_accuracy,
+        target=settings.target,
     )
 
     def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -58,10 +58,11 @@ def main(grid: Grid, context: Context) -> None:
     # Clients build their model from what the server announces, and refuse other data.
     data_config = {"num-classes": data.num_classes, "input-shape": list(data.input_shape)}
     try:
-        result = TrackingStrategy(strategy, recorder, train_metrics).start(
+        result = TrackingStrategy(strategy, recorder, train_metrics, settings.min_train_replies).start(
             grid=grid,
             initial_arrays=ArrayRecord(model.state_dict()),
             num_rounds=settings.num_server_rounds,
+            timeout=settings.round_timeout,
             train_config=ConfigRecord(dict(data_config)),
             evaluate_config=ConfigRecord(dict(data_config)),
             evaluate_fn=central_evaluate,

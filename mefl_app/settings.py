@@ -22,6 +22,7 @@ HAR_SUBSETS = ("acc", "adl", "fall")
 DP_MODES = ("none", "fixed", "adaptive")
 DEFAULT_EXITS = {"fmnist": "1,3,5", "har": "1,2,3"}
 DEPTH = {"fmnist": 5, "har": 3}  # residual blocks / LSTM layers
+DEFAULT_TARGET = {"fmnist": 0.75, "har": 0.5}  # the study's rounds-to-target thresholds
 
 
 class SettingsError(ValueError):
@@ -42,7 +43,9 @@ class RunSettings:
     fraction_evaluate: float = 1.0
     min_train_nodes: int = 2
     min_available_nodes: int = 2
-    target_accuracy: float = 0.75
+    min_train_replies: int = 1
+    round_timeout: float = 3600.0
+    target_accuracy: float = 0.0
     # strategy (see strategies.py): Flower's defaults; 0 for eta / eta-l = the strategy's own
     strategy: str = "fedavg"
     strategy_kwargs: str = "{}"
@@ -136,6 +139,11 @@ class RunSettings:
         return blocks if self.multi_exit else blocks[-1:]
 
     @property
+    def target(self) -> float:
+        """``target-accuracy``, or the study's threshold for the task when it is 0."""
+        return self.target_accuracy or DEFAULT_TARGET[self.task]
+
+    @property
     def data_path(self) -> Path:
         return Path(self.data_dir).expanduser().resolve()
 
@@ -198,6 +206,8 @@ _RULES = {
     "dp": _one_of(DP_MODES),
     "max_grad_norm": _at_least(0),
     "min_train_nodes": _at_least(1),
+    "min_train_replies": _at_least(1),
+    "round_timeout": _between(0, float("inf")),
     "proximal_mu": _at_least(0),
     "server_learning_rate": _between(0, float("inf")),
     "server_momentum": _between(0, 1, closed="low"),
@@ -231,7 +241,7 @@ _RULES = {
     "fraction_train": _between(0, 1, closed="high"),
     "fraction_evaluate": _between(0, 1, closed="both"),
     "min_available_nodes": _at_least(1),
-    "target_accuracy": _between(0, 1, closed="high"),
+    "target_accuracy": _between(0, 1, closed="both"),
     "distill_weight": _between(0, 1, closed="both"),
     "distill_temperature": _between(0, float("inf")),
     "hidden_size": _at_least(1),

@@ -26,14 +26,22 @@ def array_bytes(content: RecordDict) -> int:
     return sum(len(array.data) for record in content.array_records.values() for array in record.values())
 
 
-class AllRepliesFailed(RuntimeError):
-    """No client answered a round: the run stops instead of repeating an unchanged model."""
+class TooFewReplies(RuntimeError):
+    """Fewer clients than ``min-train-replies`` answered a round: the run stops instead of
+    going on with (or repeating) a model that too few clients shaped."""
 
 
 class TrackingStrategy(Strategy):
-    def __init__(self, inner: Strategy, recorder: RunRecorder, train_metrics: PooledTrainMetrics | None = None) -> None:
+    def __init__(
+        self,
+        inner: Strategy,
+        recorder: RunRecorder,
+        train_metrics: PooledTrainMetrics | None = None,
+        min_train_replies: int = 1,
+    ) -> None:
         self.inner = inner
         self.recorder = recorder
+        self.min_train_replies = min_train_replies
         self.train_metrics = train_metrics  # tells which replies the inner strategy aggregated
         self._sent = 0  # messages sent in the current phase
 
@@ -53,25 +61,24 @@ class TrackingStrategy(Strategy):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         ok = self._observe(server_round, "train", replies, "personalized")
+        if len(ok) < self.min_train_replies:
+            errors = [m.error.reason for m in replies if m.has_error()]
+            raise TooFewReplies(
+                f"round {server_round}: {len(ok)} of {self._sent} training replies succeeded, "
+                f"min-train-replies is {self.min_train_replies}"
+                + (f"; first error: {errors[0]}" if errors else f"; {self._sent - len(replies)} timed out or never came")
+            )
         self.recorder.add_bytes(server_round, up=sum(array_bytes(m.content) for m in ok))
-        for message in ok:
-            record = keys.metric_record_of(message.content)
+        records = [keys.metric_record_of(m.content) for m in ok]
+        for record in records:
             self.recorder.record_partition(int(record[keys.PARTITION_ID]), {
                 "num_train": int(record[keys.NUM_EXAMPLES]),
                 "num_test": int(record[keys.TEST_EXAMPLES]),
                 "label_counts_train": list(record[keys.LABEL_COUNTS]),
             })
-        if ok:
-            records = [keys.metric_record_of(m.content) for m in ok]
-            total = sum(float(r[keys.NUM_EXAMPLES]) for r in records)
-            self.recorder.record_value(server_round, "train_loss", sum(float(r[keys.TRAIN_LOSS]) * float(r[keys.NUM_EXAMPLES]) for r in records) / total)
-            self.recorder.record_value(server_round, "client_train_seconds", {str(int(r[keys.PARTITION_ID])): float(r[keys.TRAIN_SECONDS]) for r in records})
-        else:
-            errors = {m.metadata.src_node_id: m.error.reason for m in replies if m.has_error()}
-            raise AllRepliesFailed(
-                f"round {server_round}: none of the {self._sent} training replies succeeded"
-                + (f"; first error: {next(iter(errors.values()))}" if errors else " (timed out)")
-            )
+        total = sum(float(r[keys.NUM_EXAMPLES]) for r in records)
+        self.recorder.record_value(server_round, "train_loss", sum(float(r[keys.TRAIN_LOSS]) * float(r[keys.NUM_EXAMPLES]) for r in records) / total)
+        self.recorder.record_value(server_round, "client_train_seconds", {str(int(r[keys.PARTITION_ID])): float(r[keys.TRAIN_SECONDS]) for r in records})
         if self.train_metrics is not None:
             self.train_metrics.last_partitions = None
         aggregated = self.inner.aggregate_train(server_round, replies)

@@ -16,8 +16,11 @@ def test_defaults_equal_the_pyproject_run_config():
 
 def test_study_defaults():
     s = RunSettings.from_app_dir(REPO)
-    assert (s.num_server_rounds, s.local_epochs, s.dirichlet_alpha, s.target_accuracy) == (50, 5, 0.2, 0.75)
+    assert (s.num_server_rounds, s.local_epochs, s.dirichlet_alpha, s.target) == (50, 5, 0.2, 0.75)
     assert s.exit_blocks == (1, 3, 5)
+    har = RunSettings.from_app_dir(REPO, "task='har'")
+    assert har.target == 0.5 and har.exit_blocks == (1, 2, 3)
+    assert RunSettings(target_accuracy=0.6).target == 0.6
 
 
 def test_single_exit_keeps_only_the_last_exit():

@@ -70,6 +70,7 @@ def run(settings: RunSettings, num_clients: int, rounds: int, log=print) -> list
         entry = {
             "round": server_round,
             "train_seconds": train_seconds,
+            "round_seconds": time.perf_counter() - started,
             "personalized": pool(personalized).accuracy,
             "global_local": global_local.accuracy,
             "central": central.accuracy,

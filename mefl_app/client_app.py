@@ -24,6 +24,8 @@ def _prepare(msg: Message, context: Context):
     config = msg.content["config"]
     num_classes, input_shape = int(config["num-classes"]), tuple(int(d) for d in config["input-shape"])
     shard = load_client_shard(settings, context.node_config, num_classes, input_shape)
+    if settings.validation_fraction > 0:
+        shard = shard.validation_view(settings.validation_fraction, seed=settings.partition_seed + shard.partition_id)
     device = select_device(settings)
     model = build_model(settings, num_classes, input_shape)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())

@@ -98,6 +98,12 @@ class ClientShard:
     def partition_id(self) -> int:
         return int(self.meta["partition_id"])
 
+    def validation_view(self, fraction: float, seed: int) -> ClientShard:
+        """For tuning: train on the rest of the local train part and score on ``fraction`` of
+        it, so that neither the local test part nor the central test set informs a choice."""
+        train_idx, val_idx = split_train_test(np.arange(len(self.train)), fraction, seed)
+        return ClientShard(self.train.subset(train_idx), self.train.subset(val_idx), {**self.meta, "validation_fraction": fraction})
+
 
 def shard_indices(data: TaskData, settings: RunSettings, num_partitions: int) -> list[np.ndarray]:
     """The run's split of the data pool, as configured (Dirichlet or one shard per subject)."""

@@ -45,15 +45,19 @@ def main(grid: Grid, context: Context) -> None:
         target=settings.target,
     )
 
-    def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        """The global model on the central test set, per exit; closes the round's record."""
-        model.load_state_dict(arrays.to_torch_state_dict())
-        scores = evaluate_exits(model.to(device), data.test, batch_size=settings.eval_batch_size, device=device)
-        recorder.record_central(server_round, scores)
+    def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """The global model on the central test set, per exit (not in tuning mode, where the
+        central test set stays unseen); closes the round's record."""
+        metrics = None
+        if settings.validation_fraction == 0:
+            model.load_state_dict(arrays.to_torch_state_dict())
+            scores = evaluate_exits(model.to(device), data.test, batch_size=settings.eval_batch_size, device=device)
+            recorder.record_central(server_round, scores)
+            metrics = MetricRecord({"accuracy": scores.accuracy, "loss": scores.loss})
         if server_round > 0:
             recorder.save_arrays(arrays, "checkpoint.pt")
             recorder.finish_round(server_round, settings.num_server_rounds)
-        return MetricRecord({"accuracy": scores.accuracy, "loss": scores.loss})
+        return metrics
 
     # Clients build their model from what the server announces, and refuse other data.
     data_config = {"num-classes": data.num_classes, "input-shape": list(data.input_shape)}

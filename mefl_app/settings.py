@@ -71,6 +71,7 @@ class RunSettings:
     min_partition_size: int = 20
     test_fraction: float = 0.2
     central_test_fraction: float = 0.2
+    validation_fraction: float = 0.0
     # model
     multi_exit: bool = True
     exit_after: str = ""
@@ -238,6 +239,7 @@ _RULES = {
     "min_partition_size": _at_least(2),
     "test_fraction": _between(0, 1),
     "central_test_fraction": _between(0, 1),
+    "validation_fraction": _between(0, 1, closed="low"),
     "fraction_train": _between(0, 1, closed="high"),
     "fraction_evaluate": _between(0, 1, closed="both"),
     "min_available_nodes": _at_least(1),

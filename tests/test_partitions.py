@@ -126,3 +126,14 @@ def test_not_a_shard_file_is_refused(tmp_path):
         load_shard(bad)
     with pytest.raises(SettingsError, match="does not exist"):
         load_shard(tmp_path / "missing.npz")
+
+
+def test_validation_view_scores_on_part_of_the_local_train_part_only(task_data):
+    shard = make_client_shard(task_data, RunSettings(min_partition_size=10), 0, 3)
+    view = shard.validation_view(0.25, seed=1)
+    assert len(view.train) + len(view.test) == len(shard.train)
+    assert len(view.test) == round(0.25 * len(shard.train))
+    train_rows = {tuple(r.flatten()[:8].tolist()) for r in shard.train.x}
+    test_rows = {tuple(r.flatten()[:8].tolist()) for r in shard.test.x}
+    assert all(tuple(r.flatten()[:8].tolist()) in train_rows for r in view.test.x)
+    assert not any(tuple(r.flatten()[:8].tolist()) in test_rows for r in view.test.x)

@@ -1,0 +1,208 @@
+"""Issue 6 benchmark: the Flower app's per-round cost against a plain-PyTorch loop doing the
+same work, in ONE run on the same machine.
+
+(a) the app through ``flwr run`` and the simulation engine (private SuperLink, Ray), for two
+    client-resource layouts: N concurrent 1-thread clients (``client-resources-num-cpus=1``,
+    ``torch-threads=1``) and one N-thread client at a time;
+(b) ``benchmarks/plain_fedavg.py``'s loop in this process: the same shards, model, batches,
+    optimizer steps and evaluations, sequential, FedAvg by hand, no Flower, no Ray -- with 1 and
+    with N torch threads.
+
+Reports per-round seconds (start-up separately), the ratio (a)/(b), training samples/s,
+achieved training GFLOP/s against this machine's measured matmul peak, and the peak memory of
+the simulation (sum of the proportional set size of the SuperLink's process tree).
+
+    python benchmarks/app_vs_plain.py --task fmnist --clients 24 --rounds 2 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from flwr.common.config import parse_config_args
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from plain_fedavg import run as run_plain  # noqa: E402
+
+from mefl_app.losses import multi_exit_loss  # noqa: E402
+from mefl_app.partitions import make_client_shard  # noqa: E402
+from mefl_app.settings import RunSettings  # noqa: E402
+from mefl_app.simulation import SimulationSuperLink  # noqa: E402
+from mefl_app.tasks import build_model, load_task_data  # noqa: E402
+
+APP_DIR = Path(__file__).resolve().parents[1]
+
+
+def matmul_peak_gflops(threads: int, size: int = 2048, repeats: int = 5) -> float:
+    """Best of ``repeats`` float32 matrix multiplications: the machine's practical peak."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def training_flops_per_sample(settings: RunSettings, data, batch: int = 32) -> float:
+    """FLOPs of one optimizer step's forward and backward pass, per sample (FlopCounterMode;
+    it does not count LSTM kernels, so for the HAR task this is a lower bound)."""
+    model = build_model(settings, data.num_classes, data.input_shape)
+    x, y = data.train.x[:batch], data.train.y[:batch]
+    with FlopCounterMode(display=False) as counter:
+        multi_exit_loss(model(x), y, distill_weight=settings.distill_weight,
+                        temperature=settings.distill_temperature).backward()
+    return counter.get_total_flops() / batch
+
+
+class TreeMemory:
+    """Samples the summed PSS of a process and all its descendants, keeps the peak."""
+
+    def __init__(self, root_pid: int, interval: float = 0.5) -> None:
+        self.root_pid, self.interval, self.peak_mb = root_pid, interval, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, sum(_pss_kb(p) for p in _tree(self.root_pid)) / 1024)
+            self._stop.wait(self.interval)
+
+
+def _tree(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            children.setdefault(int(stat[stat.rfind(")") + 2:].split()[1]), []).append(int(entry))
+    found, stack = [root], [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def _pss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def run_app(task_config: dict, clients: int, rounds: int, cpus_per_client: int, threads: int, work: Path) -> dict:
+    out = work / f"app-cpus{cpus_per_client}"
+    config = {**task_config, "output-dir": out, "num-server-rounds": rounds, "torch-threads": threads}
+    with SimulationSuperLink(work / f"home-cpus{cpus_per_client}") as link:
+        with TreeMemory(link.process.pid) as memory:
+            started = time.perf_counter()
+            proc = link.run(APP_DIR, config, clients, timeout=3600, num_cpus=cpus_per_client)
+            wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stdout[-3000:] + proc.stderr[-3000:])
+    results = json.loads(next(out.glob("*/results.json")).read_text())
+    if results["status"] != "completed":
+        raise RuntimeError(results.get("error"))
+    per_round = [r["seconds"] for r in results["rounds"]]
+    return {"wall_seconds": wall, "round_seconds": per_round, "startup_seconds": wall - sum(per_round),
+            "peak_pss_mb": memory.peak_mb,
+            "final_central": results["rounds"][-1]["central"][results["exit_names"][-1]]["accuracy"]}
+
+
+def run_reference(settings: RunSettings, clients: int, rounds: int, threads: int) -> dict:
+    settings = RunSettings(**{**settings.__dict__, "torch_threads": threads})
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    history = run_plain(settings, clients, rounds, log=lambda line: None)
+    wall = time.perf_counter() - started
+    per_round = [h["round_seconds"] for h in history]
+    return {"wall_seconds": wall, "round_seconds": per_round, "startup_seconds": wall - sum(per_round),
+            "final_central": history[-1]["central"][-1]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="fmnist", choices=["fmnist", "har"])
+    parser.add_argument("--data-dir", default=None, help="data-dir run-config value (default: pyproject's)")
+    parser.add_argument("--clients", type=int, default=24)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--cores", type=int, default=os.cpu_count())
+    parser.add_argument("--run-config", default="", help="further overrides, flwr run syntax")
+    parser.add_argument("--json", type=Path, help="write the raw numbers here")
+    args = parser.parse_args()
+
+    overrides = f"task='{args.task}'" + (f" data-dir='{args.data_dir}'" if args.data_dir else "") + " " + args.run_config
+    settings = RunSettings.from_app_dir(APP_DIR, overrides)
+    task_config = parse_config_args([overrides])  # the same overrides reach the app
+    data = load_task_data(settings)
+    shards = [make_client_shard(data, settings, p, args.clients) for p in range(args.clients)]
+    samples_per_round = settings.local_epochs * sum(len(s.train) for s in shards)
+    flops_per_sample = training_flops_per_sample(settings, data)
+    report: dict = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+                    "torch": torch.__version__, "python": platform.python_version()},
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "workload": {"task": args.task, "clients": args.clients, "rounds": args.rounds,
+                     "local_epochs": settings.local_epochs, "samples_per_round": samples_per_round,
+                     "training_flops_per_sample": flops_per_sample},
+        "matmul_peak_gflops": {str(t): matmul_peak_gflops(t) for t in (1, args.cores)},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        runs = {
+            "plain, 1 thread": lambda: run_reference(settings, args.clients, args.rounds, 1),
+            f"plain, {args.cores} threads": lambda: run_reference(settings, args.clients, args.rounds, args.cores),
+            f"app, {args.cores} clients x 1 thread": lambda: run_app(task_config, args.clients, args.rounds, 1, 1, work),
+            f"app, 1 client x {args.cores} threads": lambda: run_app(task_config, args.clients, args.rounds, args.cores, args.cores, work),
+        }
+        report["runs"] = {}
+        for name, fn in runs.items():
+            print(f"running: {name}", flush=True)
+            report["runs"][name] = fn()
+    baseline = min(statistics.fmean(r["round_seconds"]) for n, r in report["runs"].items() if n.startswith("plain"))
+    peak = report["matmul_peak_gflops"][str(args.cores)]
+    for name, r in report["runs"].items():
+        per_round = statistics.fmean(r["round_seconds"])
+        r["mean_round_seconds"] = per_round
+        r["ratio_to_best_plain"] = per_round / baseline
+        r["train_samples_per_second"] = samples_per_round / per_round
+        r["achieved_gflops"] = samples_per_round * flops_per_sample / per_round / 1e9
+        r["share_of_matmul_peak"] = r["achieved_gflops"] / peak
+    print(json.dumps(report, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

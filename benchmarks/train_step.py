@@ -1,0 +1,77 @@
+"""Micro-benchmark of one client's local training step: eager vs channels-last vs torch.compile,
+1 vs 2 torch threads, for the default models. Variants are interleaved over several repeats
+(these machines are noisy) and reported as the median ratio to plain eager in the same run.
+
+    python benchmarks/train_step.py --task fmnist --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from mefl_app.losses import multi_exit_loss
+from mefl_app.settings import RunSettings
+from mefl_app.tasks import build_model
+
+SHAPES = {"fmnist": ((1, 28, 28), 10), "har": ((151, 3), 12)}
+
+
+def make_step(task: str, variant: str, batch: int):
+    settings = RunSettings(task=task)
+    shape, classes = SHAPES[task]
+    torch.manual_seed(0)
+    model = build_model(settings, classes, shape)
+    x, y = torch.randn(batch, *shape), torch.randint(0, classes, (batch,))
+    if "channels_last" in variant:
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    forward = torch.compile(model) if "compile" in variant else model
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+    def step():
+        loss = multi_exit_loss(forward(x), y, distill_weight=0.5, temperature=3.0)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def time_step(step, steps: int) -> float:
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - started) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="fmnist", choices=sorted(SHAPES))
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--variants", default="eager,channels_last,compile,channels_last+compile")
+    args = parser.parse_args()
+    variants = args.variants.split(",")
+    results: dict[tuple[str, int], list[float]] = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        steps = {v: make_step(args.task, v, args.batch) for v in variants}
+        for v, step in steps.items():  # warm-up (and compilation) outside the timing
+            time_step(step, 5)
+        for _ in range(args.repeats):
+            for v, step in steps.items():
+                results.setdefault((v, threads), []).append(time_step(step, args.steps))
+    base = statistics.median(results[("eager", 1)])
+    print(f"task={args.task} batch={args.batch} steps={args.steps} repeats={args.repeats}")
+    for (v, threads), times in results.items():
+        median = statistics.median(times)
+        print(f"{v:>24} threads={threads}: {median / args.batch * 1e6:7.0f} us/sample  "
+              f"ratio to eager/1 thread {median / base:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""Flower's simulation runtime driven from Python: a private ``flower-superlink --simulation``
+on a free port with its own FLWR_HOME, and ``flwr run`` against it -- the path of ``flwr run .``
+on a laptop, made repeatable for tests, benchmarks and the experiment command. Optionally the
+runs attach to a Ray cluster started once (``RayCluster``), locally or across machines.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_config_arg(config: dict[str, Any]) -> str:
+    """``--run-config`` syntax: strings quoted, numbers and booleans bare (TOML)."""
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return str(v).lower()
+        return f"'{v}'" if isinstance(v, (str, Path)) else str(v)
+    return " ".join(f"{k}={value(v)}" for k, v in config.items())
+
+
+class SimulationSuperLink:
+    """``ray_address``: attach every run's simulation to this running Ray cluster instead of
+    starting (and tearing down) a private Ray instance per run."""
+
+    def __init__(self, home: Path, ray_address: str | None = None) -> None:
+        self.home = home
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            **({"RAY_ADDRESS": ray_address} if ray_address else {}),
+            "FLWR_HOME": str(home),
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+            "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+        }
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> SimulationSuperLink:
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "config.toml").write_text(
+            f'[superlink]\ndefault = "test"\n\n[superlink.test]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n'
+        )
+        self.log = open(self.home / "superlink.log", "w")
+        self.process = subprocess.Popen(
+            [str(BIN / "flower-superlink"), "--insecure", "--simulation", "--host", "127.0.0.1",
+             "--port", str(self.port), "--disable-runtime-dependency-installation"],
+            env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1):
+                    return self
+            except OSError:
+                if self.process.poll() is not None:
+                    break
+                time.sleep(0.3)
+        self.__exit__(None, None, None)
+        raise RuntimeError(f"SuperLink did not come up: {(self.home / 'superlink.log').read_text()[-2000:]}")
+
+    def run(self, app_dir: Path, run_config: dict, num_supernodes: int, timeout: float = 600,
+            num_cpus: int = 1, num_gpus: float = 0.0, stdout=None) -> subprocess.CompletedProcess:
+        """``flwr run`` of the app with ``num_supernodes`` simulated clients, each given
+        ``num_cpus`` / ``num_gpus`` Ray resources; output captured unless ``stdout`` is a file."""
+        federation = f"num-supernodes={num_supernodes} client-resources-num-cpus={num_cpus} client-resources-num-gpus={num_gpus}"
+        return subprocess.run(
+            [str(BIN / "flwr"), "run", str(app_dir), "test", "--stream",
+             "--run-config", run_config_arg(run_config), "--federation-config", federation],
+            env=self.env, text=True, timeout=timeout,
+            **({"stdout": stdout, "stderr": subprocess.STDOUT} if stdout is not None else {"capture_output": True}),
+        )
+
+    def __exit__(self, *exc) -> None:
+        """Stop the SuperLink and everything it started (its process group)."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        self.log.close()
+
+
+class RayCluster:
+    """A Ray cluster on 127.0.0.1: ``ray start --head --block`` plus optional worker nodes
+    (``ray start --address ... --block``), each in its own process group, so that stopping it
+    stops exactly these Ray processes and no other Ray on the machine."""
+
+    def __init__(self, temp_dir: Path, num_cpus: int = 2) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.temp_dir = temp_dir
+        self.num_cpus = num_cpus
+        self.env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
+        self.nodes: list[subprocess.Popen] = []
+
+    def _start(self, args: list[str], num_cpus: int) -> None:
+        log = open(self.temp_dir / f"node{len(self.nodes)}.log", "w")
+        self.nodes.append(subprocess.Popen(
+            [str(BIN / "ray"), "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", str(num_cpus),
+             "--disable-usage-stats", *args],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        ))
+
+    def __enter__(self) -> RayCluster:
+        self.temp_dir.mkdir(parents=True, exist_ok=True)
+        self._start(["--head", "--port", str(self.port), "--include-dashboard", "false",
+                     "--temp-dir", str(self.temp_dir / "ray")], self.num_cpus)
+        self.wait_for_nodes(1)
+        return self
+
+    def add_worker(self, num_cpus: int) -> None:
+        self._start(["--address", self.address], num_cpus)
+        self.wait_for_nodes(len(self.nodes))
+
+    def wait_for_nodes(self, count: int, timeout: float = 120) -> None:
+        probe = f"import ray; ray.init(address='{self.address}', logging_level='ERROR'); print(len([n for n in ray.nodes() if n['Alive']]))"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = subprocess.run([sys.executable, "-c", probe], env=self.env, capture_output=True, text=True, timeout=60)
+            if out.returncode == 0 and out.stdout.strip().splitlines() and int(out.stdout.strip().splitlines()[-1]) >= count:
+                return
+            time.sleep(1)
+        self.__exit__(None, None, None)
+        raise RuntimeError(f"Ray cluster at {self.address} did not reach {count} node(s)")
+
+    def __exit__(self, *exc) -> None:
+        for node in reversed(self.nodes):
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGTERM)
+        for node in reversed(self.nodes):
+            try:
+                node.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(node.pid, signal.SIGKILL)
+                node.wait(timeout=10)

@@ -7,10 +7,12 @@ runs attach to a Ray cluster started once (``RayCluster``), locally or across ma
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -121,8 +123,10 @@ class RayCluster:
 
     def __enter__(self) -> RayCluster:
         self.temp_dir.mkdir(parents=True, exist_ok=True)
+        # Ray's session folder holds Unix sockets, whose paths must stay under 108 bytes.
+        self.session_dir = Path(tempfile.mkdtemp(prefix="mefl-ray-", dir="/tmp"))
         self._start(["--head", "--port", str(self.port), "--include-dashboard", "false",
-                     "--temp-dir", str(self.temp_dir / "ray")], self.num_cpus)
+                     "--temp-dir", str(self.session_dir)], self.num_cpus)
         self.wait_for_nodes(1)
         return self
 
@@ -134,12 +138,19 @@ class RayCluster:
         probe = f"import ray; ray.init(address='{self.address}', logging_level='ERROR'); print(len([n for n in ray.nodes() if n['Alive']]))"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            out = subprocess.run([sys.executable, "-c", probe], env=self.env, capture_output=True, text=True, timeout=60)
+            try:
+                out = subprocess.run([sys.executable, "-c", probe], env=self.env, capture_output=True, text=True,
+                                     timeout=max(5.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                break
             if out.returncode == 0 and out.stdout.strip().splitlines() and int(out.stdout.strip().splitlines()[-1]) >= count:
                 return
+            if any(node.poll() is not None for node in self.nodes):
+                break
             time.sleep(1)
         self.__exit__(None, None, None)
-        raise RuntimeError(f"Ray cluster at {self.address} did not reach {count} node(s)")
+        logs = "".join(p.read_text()[-1500:] for p in sorted(self.temp_dir.glob("node*.log")))
+        raise RuntimeError(f"Ray cluster at {self.address} did not reach {count} node(s): {logs}")
 
     def __exit__(self, *exc) -> None:
         for node in reversed(self.nodes):
@@ -151,3 +162,5 @@ class RayCluster:
             except subprocess.TimeoutExpired:
                 os.killpg(node.pid, signal.SIGKILL)
                 node.wait(timeout=10)
+        if hasattr(self, "session_dir"):
+            shutil.rmtree(self.session_dir, ignore_errors=True)

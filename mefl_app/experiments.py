@@ -1,0 +1,338 @@
+"""The study's comparison, multi-exit vs single-exit, as a command: run it, then report it.
+
+    python -m mefl_app.experiments run --task fmnist --seeds 0 1 2 --out results/fmnist
+    python -m mefl_app.experiments report --out results/fmnist
+
+``run`` drives the real app through Flower's simulation engine (a private SuperLink, as
+``flwr run .`` would use) once per (variant, seed): multi-exit and single-exit share the seed and
+the shards (``seed`` and ``partition-seed`` are both set to the seed). A configuration whose
+folder already holds a completed ``results.json`` is skipped, so an interrupted campaign resumes
+where it stopped. ``report`` only reads results files -- it never trains -- and writes
+``report.md`` and PNG plots next to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from flwr.common.config import parse_config_args
+
+from .results import ACCURACY_KINDS
+from .simulation import RayCluster, SimulationSuperLink
+
+APP_DIR = Path(__file__).resolve().parents[1]
+VARIANTS = {"me": True, "se": False}
+
+# What the study (Shin & Ko) published and we were given; None where we have no number.
+STUDY = {
+    "fmnist": {"personalized_me": 0.8138, "rounds_to_target_me": 8, "target": 0.75},
+    "har": {"personalized_me": None, "rounds_to_target_me": None, "target": 0.5},
+}
+KIND_TITLES = {
+    "personalized": "personalized (each client's model after local training, its local test part)",
+    "global_local": "global model on the clients' local test parts",
+    "central": "global model on the central test set",
+}
+
+
+# -- run ------------------------------------------------------------------------------------------
+def run_dir_for(out: Path, variant: str, seed: int) -> Path:
+    return out / "runs" / f"{variant}-seed{seed}"
+
+
+def completed_results(folder: Path) -> dict[str, Any] | None:
+    """The newest completed results file under ``folder`` (a run folder per attempt)."""
+    for path in sorted(folder.glob("*/results.json"), reverse=True):
+        results = json.loads(path.read_text())
+        if results.get("status") == "completed":
+            results["_path"] = str(path)
+            return results
+    return None
+
+
+def run_campaign(task: str, seeds: Sequence[int], variants: Sequence[str], out: Path, clients: int,
+                 run_config: str, cpus_per_client: int, log=print) -> None:
+    overrides = parse_config_args([run_config]) if run_config else {}
+    todo = [(v, s) for s in seeds for v in variants if completed_results(run_dir_for(out, v, s)) is None]
+    log(f"[experiments] {len(todo)} run(s) to do, {len(seeds) * len(variants) - len(todo)} already completed")
+    if not todo:
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    _record_invocation(out)
+    work = out / ".work"
+    # One Ray cluster for the whole campaign: started once, not once per run.
+    with RayCluster(work / "ray", num_cpus=os.cpu_count() or 1) as cluster, \
+            SimulationSuperLink(work / "flwr-home", ray_address=cluster.address) as link:
+        for variant, seed in todo:
+            folder = run_dir_for(out, variant, seed)
+            folder.mkdir(parents=True, exist_ok=True)
+            config = {**overrides, "task": task, "multi-exit": VARIANTS[variant], "seed": seed,
+                      "partition-seed": seed, "output-dir": folder.resolve()}
+            log(f"[experiments] {task} {variant} seed {seed}: started {datetime.now(timezone.utc):%H:%M:%S} UTC")
+            started = time.perf_counter()
+            with open(folder / "flwr-run.log", "a") as stream:
+                link.run(APP_DIR, config, clients, timeout=7 * 24 * 3600, num_cpus=cpus_per_client, stdout=stream)
+            results = completed_results(folder)
+            status = "completed" if results else "FAILED (see flwr-run.log and results.json)"
+            log(f"[experiments] {task} {variant} seed {seed}: {status} in {time.perf_counter() - started:.0f} s")
+
+
+def _record_invocation(out: Path) -> None:
+    """Append this command, the machine and the time to ``campaign.json`` (the report cites it)."""
+    path = out / "campaign.json"
+    history = json.loads(path.read_text()) if path.exists() else []
+    history.append({
+        "command": "python -m mefl_app.experiments " + shlex.join(sys.argv[1:]),
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.node()}: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+                   f"{platform.system()} {platform.release()}, Python {platform.python_version()}",
+    })
+    path.write_text(json.dumps(history, indent=1))
+
+
+# -- report ---------------------------------------------------------------------------------------
+def collect(out: Path) -> dict[str, dict[int, dict[str, Any]]]:
+    """variant -> seed -> completed results, from the files under ``out/runs``."""
+    found: dict[str, dict[int, dict[str, Any]]] = {}
+    for folder in sorted((out / "runs").glob("*-seed*")):
+        variant, _, seed = folder.name.partition("-seed")
+        results = completed_results(folder)
+        if results is not None:
+            found.setdefault(variant, {})[int(seed)] = results
+    return found
+
+
+def final_accuracy(results: dict[str, Any], kind: str, exit_name: str) -> float | None:
+    metrics = results["rounds"][-1].get(kind, {}).get(exit_name)
+    return None if metrics is None else metrics["accuracy"]
+
+
+def mean_std(values: list[float | None]) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{100 * values[0]:.2f}"
+    return f"{100 * statistics.fmean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
+
+
+def rounds_mean(values: list[int | None]) -> str:
+    reached = [v for v in values if v is not None]
+    text = f"{statistics.fmean(reached):.1f}" if reached else "not reached"
+    if reached and len(reached) < len(values):
+        text += f" ({len(values) - len(reached)} of {len(values)} seeds never reached it)"
+    return text
+
+
+def write_report(out: Path) -> Path:
+    runs = collect(out)
+    if not runs:
+        raise SystemExit(f"no completed results under {out / 'runs'}")
+    any_results = next(iter(next(iter(runs.values())).values()))
+    task = any_results["run_config"]["task"]
+    target = any_results["target_accuracy"]
+    deepest = {v: next(iter(r.values()))["exit_names"][-1] for v, r in runs.items()}
+    me, se = runs.get("me", {}), runs.get("se", {})
+    study = STUDY.get(task, {})
+    lines = [f"# Multi-exit vs single-exit federated learning: {task}", ""]
+    lines += _provenance(out, runs)
+
+    # Table 1
+    lines += ["## Table 1: accuracy after the last round (%, mean ± std over seeds)", "",
+              "Deepest exit of each model (the only exit of the single-exit model). **Personalized** is"
+              " the study's personalized accuracy as we read it: every client's model after its local"
+              " training, scored on that client's own local test part, pooled over clients.", "",
+              "| accuracy | multi-exit | single-exit | study (multi-exit) |", "|---|---|---|---|"]
+    for kind in ACCURACY_KINDS:
+        study_value = study.get("personalized_me") if kind == "personalized" else None
+        lines.append(f"| {KIND_TITLES[kind]} | "
+                     f"{mean_std([final_accuracy(r, kind, deepest['me']) for r in me.values()]) if me else 'n/a'} | "
+                     f"{mean_std([final_accuracy(r, kind, deepest['se']) for r in se.values()]) if se else 'n/a'} | "
+                     f"{f'{100 * study_value:.2f}' if study_value else 'n/a'} |")
+    lines.append("")
+
+    # Table 2
+    lines += [f"## Table 2: rounds to {100 * target:.0f} % accuracy and communication", "",
+              "Rounds: mean over the seeds that reached the target. Bytes: arrays actually sent down to"
+              " and up from clients until that round (the multi-exit model also ships its exit heads)."
+              " Saving = 1 - multi-exit / single-exit, from rounds (as the study computes it) and from bytes.", "",
+              "| accuracy (deepest exit) | rounds ME | rounds SE | saving (rounds) | MB ME | MB SE | saving (bytes) | study rounds ME |",
+              "|---|---|---|---|---|---|---|---|"]
+    for kind in ACCURACY_KINDS:
+        r_me = [r["rounds_to_target"].get(kind, {}).get(deepest["me"]) for r in me.values()]
+        r_se = [r["rounds_to_target"].get(kind, {}).get(deepest["se"]) for r in se.values()]
+        b_me = [r["bytes_to_target"].get(kind, {}).get(deepest["me"]) for r in me.values()]
+        b_se = [r["bytes_to_target"].get(kind, {}).get(deepest["se"]) for r in se.values()]
+        study_rounds = study.get("rounds_to_target_me") if kind == "personalized" else None
+        lines.append(f"| {kind} | {rounds_mean(r_me)} | {rounds_mean(r_se)} | {_saving(r_me, r_se)} | "
+                     f"{_mb(b_me)} | {_mb(b_se)} | {_saving(b_me, b_se)} | {study_rounds or 'n/a'} |")
+    lines.append("")
+
+    # Table 3
+    if me:
+        exits = next(iter(me.values()))["exit_names"]
+        lines += ["## Table 3: multi-exit model, accuracy per exit after the last round (%, mean ± std)", "",
+                  "| accuracy | " + " | ".join(exits) + " |", "|---|" + "---|" * len(exits)]
+        for kind in ACCURACY_KINDS:
+            lines.append(f"| {kind} | " + " | ".join(mean_std([final_accuracy(r, kind, e) for r in me.values()]) for e in exits) + " |")
+        lines.append("")
+
+    lines += _targets(task, me, se, deepest)
+    lines += _setup(task)
+    notes = out / "notes.md"
+    if notes.exists():  # the analysis a person wrote for this campaign
+        lines += [notes.read_text().strip(), ""]
+
+    plots = _plots(out, runs, target)
+    lines += ["## Plots", ""] + [f"![{name}]({name})" for name in plots] + [""]
+    report = out / "report.md"
+    report.write_text("\n".join(lines))
+    return report
+
+
+def _targets(task: str, me: dict, se: dict, deepest: dict) -> list[str]:
+    """The project's own targets (issue 7), checked against the results; met or missed."""
+    if not me or not se:
+        return []
+    pers_me = [final_accuracy(r, "personalized", deepest["me"]) for r in me.values()]
+    pers_se = [final_accuracy(r, "personalized", deepest["se"]) for r in se.values()]
+    spread = (statistics.stdev(pers_me) if len(pers_me) > 1 else 0.0) + (statistics.stdev(pers_se) if len(pers_se) > 1 else 0.0)
+    gap = statistics.fmean(pers_me) - statistics.fmean(pers_se)
+    checks = [(f"multi-exit ahead of single-exit in personalized accuracy by more than the seed-to-seed spread"
+               f" (gap {100 * gap:+.2f} points, spread = sum of the two std {100 * spread:.2f})", gap > spread)]
+    if task == "fmnist":
+        rounds = [r["rounds_to_target"]["personalized"][deepest["me"]] for r in me.values()]
+        checks.insert(0, (f"personalized accuracy of the multi-exit model >= 90 % (study 81.38 %; ours {100 * statistics.fmean(pers_me):.2f} %)",
+                          statistics.fmean(pers_me) >= 0.90))
+        target = next(iter(me.values()))["target_accuracy"]
+        checks.append((f"fewer rounds to {100 * target:.0f} % personalized accuracy than the study's 8 to 75 % (ours: {rounds})",
+                       all(r is not None and r < 8 for r in rounds)))
+    lines = ["## Our targets", "", "| target | result |", "|---|---|"]
+    lines += [f"| {text} | {'met' if ok else '**missed**'} |" for text, ok in checks]
+    return lines + [""]
+
+
+def _setup(task: str) -> list[str]:
+    common = ("Where our setup differs from the study's: the model widths are ours (a ResNet of five BasicBlocks"
+              " with 16-64 channels, about 9 MFLOPs per image, and a 3-layer LSTM of 64 units), chosen so that the"
+              " full study runs on a laptop CPU; FedAvg averages every parameter, exit heads included; the"
+              " Dirichlet(alpha) label-skew split is our implementation of the unbalanced variant (see README),"
+              " each shard cut 80/20 into the client's local train and test parts.")
+    specific = {
+        "fmnist": " The central test set is Fashion-MNIST's official 10,000 test images; the 60,000 training images are sharded.",
+        "har": (" The HAR data are NOT UniMiB-SHAR: they are real smartphone accelerometer windows of UCI HAPT (30 subjects,"
+                " 12 activities, waist-mounted phone) packed in UniMiB-SHAR's file layout, because UniMiB-SHAR cannot be"
+                " downloaded on the build machines; numbers are therefore not comparable one-to-one with the study's."
+                " A stratified 20 % of the windows is the central test set."),
+    }
+    return ["## Setup and differences from the study", "", common + specific.get(task, ""), ""]
+
+
+def _saving(me: list, se: list) -> str:
+    me, se = [v for v in me if v is not None], [v for v in se if v is not None]
+    if not me or not se:
+        return "n/a"
+    return f"{100 * (1 - statistics.fmean(me) / statistics.fmean(se)):.1f} %"
+
+
+def _mb(values: list) -> str:
+    reached = [v for v in values if v is not None]
+    return f"{statistics.fmean(reached) / 1e6:.1f}" if reached else "n/a"
+
+
+def _provenance(out: Path, runs: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
+    lines = ["## Provenance", "", "| run | seeds | rounds | clients | wall time (h, per seed) | started (UTC) | files |", "|---|---|---|---|---|---|---|"]
+    for variant, by_seed in sorted(runs.items()):
+        first = next(iter(by_seed.values()))
+        walls = ", ".join(f"{r['wall_seconds'] / 3600:.2f}" for r in by_seed.values())
+        clients = len(first["partitions"])
+        files = ", ".join(f"`{Path(r['_path']).relative_to(Path(r['_path']).parents[3])}`" for r in by_seed.values())
+        lines.append(f"| {variant} | {', '.join(map(str, sorted(by_seed)))} | {len(first['rounds'])} | {clients} | {walls} | "
+                     f"{min(r['started_at'] for r in by_seed.values())} | {files} |")
+    campaign = out / "campaign.json"
+    if campaign.exists():
+        lines += ["", "Commands (from `campaign.json`):", ""]
+        lines += [f"- `{c['command']}` — {c['started_at']} on {c['machine']}" for c in json.loads(campaign.read_text())]
+    config = next(iter(next(iter(runs.values())).values()))["run_config"]
+    lines += ["", "Run config (shared; `multi-exit`, `seed` and `partition-seed` vary): "
+              + ", ".join(f"`{k}={v}`" for k, v in config.items() if k not in ("multi-exit", "seed", "partition-seed", "output-dir")), ""]
+    return lines
+
+
+def _plots(out: Path, runs: dict[str, dict[int, dict[str, Any]]], target: float) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = []
+    styles = {"me": "-", "se": "--"}
+    for kind in ACCURACY_KINDS:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for variant, by_seed in sorted(runs.items()):
+            exits = next(iter(by_seed.values()))["exit_names"]
+            for e, exit_name in enumerate(exits):
+                curves = [[r[kind][exit_name]["accuracy"] for r in res["rounds"] if kind in r] for res in by_seed.values()]
+                length = min(len(c) for c in curves)
+                mean = [statistics.fmean(c[i] for c in curves) for i in range(length)]
+                ax.plot(range(1, length + 1), mean, styles.get(variant, ":"), color=f"C{e if variant == 'me' else 3}",
+                        label=f"{'multi-exit' if variant == 'me' else 'single-exit'} {exit_name}")
+        ax.axhline(target, color="grey", linewidth=0.8, linestyle=":", label=f"target {target:.2f}")
+        ax.set(xlabel="round", ylabel="accuracy", title=KIND_TITLES[kind], ylim=(0, 1))
+        ax.title.set_fontsize(9)
+        ax.legend(fontsize=7, loc="lower right")
+        name = f"accuracy_{kind}.png"
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+        names.append(name)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    labels, data = [], []
+    for variant, by_seed in sorted(runs.items()):
+        for exit_name in next(iter(by_seed.values()))["exit_names"]:
+            values = [acc for res in by_seed.values() for acc in res["rounds"][-1]["personalized"][exit_name]["per_client"].values()]
+            labels.append(f"{variant}\n{exit_name}")
+            data.append(values)
+    ax.boxplot(data)
+    ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=8)
+    ax.set(ylabel="personalized accuracy of one client", title="final per-client personalized accuracy (all seeds)")
+    fig.tight_layout()
+    fig.savefig(out / "per_client_spread.png", dpi=120)
+    plt.close(fig)
+    names.append("per_client_spread.png")
+    return names
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m mefl_app.experiments", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run ME and SE for every seed (skips completed runs), then report")
+    run.add_argument("--task", choices=["fmnist", "har"], required=True)
+    run.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    run.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    run.add_argument("--clients", type=int, default=24, help="simulated SuperNodes (num-supernodes)")
+    run.add_argument("--cpus-per-client", type=int, default=1)
+    run.add_argument("--run-config", default="", help="overrides for every run, flwr run syntax")
+    run.add_argument("--out", type=Path, required=True)
+    report = commands.add_parser("report", help="write report.md and plots from existing results (no training)")
+    report.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        run_campaign(args.task, args.seeds, args.variants, args.out, args.clients, args.run_config, args.cpus_per_client)
+    print(f"report: {write_report(args.out)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -169,12 +169,14 @@ def stop_processes(processes: list[ManagedProcess], grace: float = 10.0, first: 
     """Signal every process group (and every descendant that left it) with ``first``, wait up
     to ``grace`` seconds, then SIGKILL whatever is left; reap everything. Only processes we
     started or their descendants are signalled."""
+    # Only unreaped processes: a reaped one's pid may belong to someone else by now.
     tracked = [p for p in processes if p.running()]
-    below = descendants([p.pid for p in processes])
+    below = descendants([p.pid for p in tracked])
 
     def signal_all(sig: int) -> None:
         for proc in tracked:
-            proc.signal_group(sig)
+            if proc.running():
+                proc.signal_group(sig)
         for pid, started in below.items():
             if _alive(pid, started):
                 try:
@@ -349,16 +351,38 @@ class LocalDeployment:
 
     def add_node(self, node_config: str, *, register: bool = True, start: bool = True) -> Node:
         """A SuperNode with its own Runtime API port, node config and (secure mode) key pair."""
-        index = len(self.nodes)
-        keys = make_node_keys(self.workdir / "certs" / "nodes", f"node{index}") if self.secure else None
-        node = Node(index, free_port(self._ports | {self.port}), node_config, keys)
-        self._ports.add(node.port)
-        self.nodes.append(node)
-        if keys is not None and register:
-            node.node_id = self.register(keys)
+        return self.add_nodes([node_config], register=register, start=start)[0]
+
+    def add_nodes(self, node_configs: list[str], *, register: bool = True, start: bool = True) -> list[Node]:
+        """SuperNodes, one per node config; their keys are registered in parallel."""
+        new = []
+        for node_config in node_configs:
+            index = len(self.nodes)
+            keys = make_node_keys(self.workdir / "certs" / "nodes", f"node{index}") if self.secure else None
+            node = Node(index, free_port(self._ports | {self.port}), node_config, keys)
+            self._ports.add(node.port)
+            self.nodes.append(node)
+            new.append(node)
+        if register and self.secure:
+            errors: list[BaseException] = []
+
+            def register_one(node: Node) -> None:
+                try:
+                    node.node_id = self.register(node.keys)
+                except BaseException as error:  # re-raised below
+                    errors.append(error)
+
+            threads = [threading.Thread(target=register_one, args=(n,)) for n in new]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            if errors:
+                raise errors[0]
         if start:
-            self.start_node(node)
-        return node
+            for node in new:
+                self.start_node(node)
+        return new
 
     def start_node(self, node: Node) -> ManagedProcess:
         if node.process is not None and node.process.running():
@@ -566,9 +590,8 @@ def main(argv: list[str] | None = None) -> int:
         deployment.__enter__()
         print(f"SuperLink    {deployment.address} ({'TLS, SuperNode authentication' if deployment.secure else 'INSECURE'}), "
               f"pid {deployment.superlink.pid}", flush=True)
-        for index in range(args.nodes):
-            node = deployment.add_node(_node_config(index, args.nodes, shards))
-            print(f"SuperNode {index}  port {node.port}, pid {node.process.pid}, node config {node.node_config}"
+        for node in deployment.add_nodes([_node_config(i, args.nodes, shards) for i in range(args.nodes)]):
+            print(f"SuperNode {node.index}  port {node.port}, pid {node.process.pid}, node config {node.node_config}"
                   + (f", key {node.keys.private_key}" if node.keys else ""), flush=True)
         online = deployment.wait_for_nodes(args.nodes, timeout=args.connect_timeout)
         print(f"{len(online)} SuperNodes online; starting the run", flush=True)
@@ -584,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: stopping every process of the deployment", file=sys.stderr, flush=True)
         return 130
-    except (RuntimeError, TimeoutError, subprocess.CalledProcessError) as error:
+    except (RuntimeError, TimeoutError, subprocess.SubprocessError) as error:
         print(f"\nerror: {error}", file=sys.stderr, flush=True)
         return 1
     finally:

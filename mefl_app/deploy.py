@@ -247,6 +247,7 @@ class LocalDeployment:
     host: str = "127.0.0.1"
     port: int = 0  # 0: a free port
     echo: bool = False  # copy flwr run's output to stdout
+    timestamps: bool = False  # prefix every log line with the wall-clock time (Flower's own lines have none)
     env_extra: dict[str, str] = field(default_factory=dict)
     nodes: list[Node] = field(default_factory=list, init=False)
     processes: list[ManagedProcess] = field(default_factory=list, init=False)
@@ -260,6 +261,7 @@ class LocalDeployment:
         self.logs = self.workdir / "logs"
         self.flwr_home = self.workdir / "flwr-home"
         self._ports: set[int] = set()
+        self._pumps: list[threading.Thread] = []
         self.env = {
             **os.environ,
             "FLWR_HOME": str(self.flwr_home),
@@ -291,8 +293,20 @@ class LocalDeployment:
         self.logs.mkdir(parents=True, exist_ok=True)
         log_path = self.logs / f"{name}.log"
         log = open(log_path, "a")
-        popen = subprocess.Popen(args, env=self.env, cwd=self.app_dir, stdout=log, stderr=subprocess.STDOUT,
+        popen = subprocess.Popen(args, env=self.env, cwd=self.app_dir, stderr=subprocess.STDOUT,
+                                 stdout=subprocess.PIPE if self.timestamps else log, text=self.timestamps,
                                  stdin=subprocess.DEVNULL, start_new_session=True)
+        if self.timestamps:
+            def pump(out: IO[str]) -> None:
+                with out:
+                    for line in popen.stdout:
+                        out.write(f"{datetime.now().isoformat(timespec='milliseconds')} {line}")
+                        out.flush()
+
+            thread = threading.Thread(target=pump, args=(log,), name=f"log-{name}", daemon=True)
+            thread.start()
+            self._pumps.append(thread)
+            log = None  # the pump closes it at the end of the output
         proc = ManagedProcess(name, popen, log_path, log)
         with self._lock:
             self.processes.append(proc)
@@ -511,6 +525,8 @@ class LocalDeployment:
             deadline = time.monotonic() + 10
             while any(port_is_bound(p) for p in self._ports) and time.monotonic() < deadline:
                 time.sleep(0.2)
+            for thread in self._pumps:  # --timestamps: the last lines of every log
+                thread.join(timeout=5)
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
@@ -558,6 +574,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--insecure", action="store_true", help="no TLS, no SuperNode authentication: local quick look only")
     parser.add_argument("--connect-timeout", type=float, default=120, help="seconds to wait for all SuperNodes")
     parser.add_argument("--timeout", type=float, default=24 * 3600, help="seconds before the run is given up")
+    parser.add_argument("--timestamps", action="store_true",
+                        help="prefix every line of the SuperLink/SuperNode logs with the local wall-clock time")
     args = parser.parse_args(argv)
 
     from .settings import RunSettings, SettingsError
@@ -579,7 +597,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_interrupt)
-    deployment = LocalDeployment(workdir, app_dir, secure=not args.insecure, port=args.port, echo=True)
+    deployment = LocalDeployment(workdir, app_dir, secure=not args.insecure, port=args.port, echo=True,
+                                 timestamps=args.timestamps)
     try:
         shards = args.shards.resolve() if args.shards else None
         if shards is not None:

@@ -20,7 +20,8 @@ import pytest
 from conftest import REPO, write_idx_fashion_mnist
 from mefl_app.deploy import LocalDeployment, port_is_bound, run_config_arg
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e,
+              pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds leftover processes through /proc")]
 
 EXITS = ["block1", "block3", "block5"]
 KINDS = ("personalized", "global_local", "central")
@@ -229,9 +230,11 @@ def test_run_completes_when_a_supernode_is_killed_mid_round_and_it_rejoins(deplo
 
 
 def test_ctrl_c_stops_every_process_of_an_insecure_local_deployment(tmp_path, fmnist_dir):
-    """``--insecure`` says so loudly; Ctrl-C while the SuperNodes are up stops them all."""
+    """``--insecure`` says so loudly; Ctrl-C while the SuperNodes are up stops them all (also
+    with ``--timestamps``, where the launcher pipes every log)."""
     workdir = tmp_path / "deploy"
-    proc = subprocess.Popen([sys.executable, "-m", "mefl_app.deploy", "--nodes", "2", "--insecure", "--workdir", str(workdir),
+    proc = subprocess.Popen([sys.executable, "-m", "mefl_app.deploy", "--nodes", "2", "--insecure", "--timestamps",
+                             "--workdir", str(workdir),
                              "--run-config", f"data-dir='{fmnist_dir}' output-dir='{tmp_path / 'outputs'}' num-server-rounds=50"],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines: list[str] = []
@@ -251,3 +254,5 @@ def test_ctrl_c_stops_every_process_of_an_insecure_local_deployment(tmp_path, fm
     out = "".join(lines)
     assert "INSECURE" in out and "interrupted" in out
     assert "insecure = true" in (workdir / "flwr-home" / "config.toml").read_text()
+    first_line = (workdir / "logs" / "supernode-0.log").read_text().splitlines()[0]
+    assert first_line[:4].isdigit() and "Starting Flower SuperNode" in first_line  # --timestamps

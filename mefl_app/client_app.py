@@ -1,4 +1,9 @@
-"""mefl ClientApp: local multi-exit training on this node's shard, per-exit evaluation."""
+"""mefl ClientApp: local multi-exit training on this node's shard, per-exit evaluation.
+
+A client at exit level k (node config ``exit-level`` or run config ``exit-profile``) builds only
+the model up to exit k, trains exits 1..k (its deepest exit is its teacher) and uploads only
+those arrays.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +16,14 @@ from flwr.clientapp import ClientApp
 from . import metrics
 from .partitions import label_counts
 from .settings import RunSettings
-from .tasks import build_model, load_client_shard
+from .tasks import build_model, exit_level, load_client_shard, model_costs
 from .training import apply_thread_setting, evaluate_exits, select_device, train_local
 
 app = ClientApp()
 
 
 def _prepare(msg: Message, context: Context):
-    """Settings, shard, device and the received global model, ready to use."""
+    """Settings, shard, exit level, device and this client's part of the global model."""
     settings = RunSettings.from_run_config(context.run_config)
     apply_thread_setting(settings)
     config = msg.content["config"]
@@ -26,43 +31,55 @@ def _prepare(msg: Message, context: Context):
     shard = load_client_shard(settings, context.node_config, num_classes, input_shape)
     if settings.validation_fraction > 0:
         shard = shard.validation_view(settings.validation_fraction, seed=settings.partition_seed + shard.partition_id)
+    level = exit_level(settings, context.node_config, shard.partition_id)
     device = select_device(settings)
-    model = build_model(settings, num_classes, input_shape)
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    return settings, shard, device, model.to(device), num_classes
+    model = build_model(settings, num_classes, input_shape, level)
+    received = msg.content["arrays"].to_torch_state_dict()
+    model.load_state_dict({name: received[name] for name in model.state_dict()})  # exits 1..level only
+    forward_mflops, train_mflops_per_sample = model_costs(settings, num_classes, input_shape, level)
+    return settings, shard, level, device, model.to(device), num_classes, forward_mflops, train_mflops_per_sample
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the global model locally, then score THIS locally trained model on the local test
     part, per exit: the personalized accuracy."""
-    settings, shard, device, model, num_classes = _prepare(msg, context)
+    settings, shard, level, device, model, num_classes, forward_mflops, train_mflops = _prepare(msg, context)
+    trains = settings.exit_training == "partial" or level == len(settings.exit_blocks)
     server_round = int(msg.content["config"]["server-round"])
     # One seed per (run seed, round, client): batch order and dropout repeat exactly.
     seed = settings.seed * 1_000_003 + server_round * 1_009 + shard.partition_id
     torch.manual_seed(seed)
     started = time.perf_counter()
-    train_loss = train_local(
-        model, shard.train, settings,
-        generator=torch.Generator().manual_seed(seed),
-        device=device,
-        proximal_mu=float(msg.content["config"].get("proximal-mu", 0.0)),
-    )
+    train_loss = 0.0
+    if trains:
+        train_loss = train_local(
+            model, shard.train, settings,
+            generator=torch.Generator().manual_seed(seed),
+            device=device,
+            proximal_mu=float(msg.content["config"].get("proximal-mu", 0.0)),
+        )
     train_seconds = time.perf_counter() - started
-    scores = evaluate_exits(model, shard.test, batch_size=settings.eval_batch_size, device=device)
+    scores = evaluate_exits(model, shard.test, batch_size=settings.eval_batch_size, device=device,
+                            thresholds=settings.thresholds, exit_mflops=forward_mflops)
+    samples = len(shard.train) * settings.local_epochs if trains else 0
     record = metrics.scores_record(
-        shard.partition_id, len(shard.train), scores,
+        shard.partition_id, len(shard.train) if trains else 0, scores,
         **{metrics.TRAIN_LOSS: train_loss, metrics.TRAIN_SECONDS: train_seconds,
+           metrics.TRAIN_MFLOPS: samples * train_mflops,
            metrics.LABEL_COUNTS: label_counts(shard.train.y, num_classes)},
     )
-    arrays = ArrayRecord(model.to("cpu").state_dict())
+    # A client left out of training (exclusive mode) uploads no arrays at all.
+    arrays = ArrayRecord(model.to("cpu").state_dict()) if trains else ArrayRecord()
     return Message(RecordDict({"arrays": arrays, "metrics": record}), reply_to=msg)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Score the received global model on the local test part, per exit."""
-    settings, shard, device, model, _ = _prepare(msg, context)
-    scores = evaluate_exits(model, shard.test, batch_size=settings.eval_batch_size, device=device)
+    """Score the received global model (up to this client's exit level) on the local test part,
+    per exit and under the early-exit policy."""
+    settings, shard, _, device, model, _, forward_mflops, _ = _prepare(msg, context)
+    scores = evaluate_exits(model, shard.test, batch_size=settings.eval_batch_size, device=device,
+                            thresholds=settings.thresholds, exit_mflops=forward_mflops)
     record = metrics.scores_record(shard.partition_id, len(shard.test), scores)
     return Message(RecordDict({"metrics": record}), reply_to=msg)

@@ -47,10 +47,6 @@ KIND_TITLES = {
 
 
 # -- run ------------------------------------------------------------------------------------------
-def run_dir_for(out: Path, variant: str, seed: int) -> Path:
-    return out / "runs" / f"{variant}-seed{seed}"
-
-
 def completed_results(folder: Path) -> dict[str, Any] | None:
     """The newest completed results file under ``folder`` (a run folder per attempt)."""
     for path in sorted(folder.glob("*/results.json"), reverse=True):
@@ -63,9 +59,18 @@ def completed_results(folder: Path) -> dict[str, Any] | None:
 
 def run_campaign(task: str, seeds: Sequence[int], variants: Sequence[str], out: Path, clients: int,
                  run_config: str, cpus_per_client: int, log=print) -> None:
+    """ME and SE for every seed; a seed sets both ``seed`` and ``partition-seed``, so the two
+    variants of a seed see identical shards and initial backbones."""
     overrides = parse_config_args([run_config]) if run_config else {}
-    todo = [(v, s) for s in seeds for v in variants if completed_results(run_dir_for(out, v, s)) is None]
-    log(f"[experiments] {len(todo)} run(s) to do, {len(seeds) * len(variants) - len(todo)} already completed")
+    configs = {f"{v}-seed{s}": {**overrides, "task": task, "multi-exit": VARIANTS[v], "seed": s, "partition-seed": s}
+               for s in seeds for v in variants}
+    run_configs(configs, out, clients, cpus_per_client, log)
+
+
+def run_configs(configs: dict[str, dict[str, Any]], out: Path, clients: int, cpus_per_client: int, log=print) -> None:
+    """Run every named configuration whose folder ``out/runs/<name>`` has no completed results."""
+    todo = {name: config for name, config in configs.items() if completed_results(out / "runs" / name) is None}
+    log(f"[experiments] {len(todo)} run(s) to do, {len(configs) - len(todo)} already completed")
     if not todo:
         return
     out.mkdir(parents=True, exist_ok=True)
@@ -74,18 +79,16 @@ def run_campaign(task: str, seeds: Sequence[int], variants: Sequence[str], out: 
     # One Ray cluster for the whole campaign: started once, not once per run.
     with RayCluster(work / "ray", num_cpus=os.cpu_count() or 1) as cluster, \
             SimulationSuperLink(work / "flwr-home", ray_address=cluster.address) as link:
-        for variant, seed in todo:
-            folder = run_dir_for(out, variant, seed)
+        for name, config in todo.items():
+            folder = out / "runs" / name
             folder.mkdir(parents=True, exist_ok=True)
-            config = {**overrides, "task": task, "multi-exit": VARIANTS[variant], "seed": seed,
-                      "partition-seed": seed, "output-dir": folder.resolve()}
-            log(f"[experiments] {task} {variant} seed {seed}: started {datetime.now(timezone.utc):%H:%M:%S} UTC")
+            log(f"[experiments] {name}: started {datetime.now(timezone.utc):%H:%M:%S} UTC")
             started = time.perf_counter()
             with open(folder / "flwr-run.log", "a") as stream:
-                link.run(APP_DIR, config, clients, timeout=7 * 24 * 3600, num_cpus=cpus_per_client, stdout=stream)
-            results = completed_results(folder)
-            status = "completed" if results else "FAILED (see flwr-run.log and results.json)"
-            log(f"[experiments] {task} {variant} seed {seed}: {status} in {time.perf_counter() - started:.0f} s")
+                link.run(APP_DIR, {**config, "output-dir": folder.resolve()}, clients,
+                         timeout=7 * 24 * 3600, num_cpus=cpus_per_client, stdout=stream)
+            status = "completed" if completed_results(folder) else "FAILED (see flwr-run.log and results.json)"
+            log(f"[experiments] {name}: {status} in {time.perf_counter() - started:.0f} s")
 
 
 def _record_invocation(out: Path) -> None:

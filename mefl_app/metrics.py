@@ -7,7 +7,7 @@ ratios, so that pooling over clients is exact: pooled accuracy = sum correct / s
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from flwr.app import MetricRecord, RecordDict
@@ -16,11 +16,15 @@ from .training import ExitScores
 
 NUM_EXAMPLES = "num-examples"  # the key Flower's strategies weight by (local train size)
 PARTITION_ID = "partition-id"
-CORRECT = "correct"  # list, one entry per exit
+CORRECT = "correct"  # list, one entry per exit of the client's model
 LOSS_SUM = "loss-sum"  # list, one entry per exit
-TEST_EXAMPLES = "test-examples"
+EXAMPLES = "examples"  # list, one entry per exit: examples scored at that exit
+EARLY_CORRECT = "early-correct"  # list, one entry per early-exit threshold
+EARLY_MFLOPS = "early-mflops"  # list, one entry per threshold: summed forward MFLOPs
 TRAIN_LOSS = "train-loss"
 TRAIN_SECONDS = "train-seconds"
+TRAIN_MFLOPS = "train-mflops"  # the round's local training compute (forward + backward)
+EXIT_LEVEL = "exit-level"  # how many exits the client's model has
 LABEL_COUNTS = "label-counts"
 
 
@@ -29,15 +33,19 @@ def scores_record(partition_id: int, num_examples: int, scores: ExitScores, **ex
     return MetricRecord({
         NUM_EXAMPLES: num_examples,
         PARTITION_ID: partition_id,
-        TEST_EXAMPLES: scores.total,
+        EXIT_LEVEL: len(scores.correct),
         CORRECT: list(scores.correct),
         LOSS_SUM: list(scores.loss_sum),
+        EXAMPLES: list(scores.examples),
+        EARLY_CORRECT: list(scores.early_correct),
+        EARLY_MFLOPS: list(scores.early_mflops),
         **extra,
     })
 
 
 def scores_from_record(record: MetricRecord) -> ExitScores:
-    return ExitScores(list(record[CORRECT]), list(record[LOSS_SUM]), int(record[TEST_EXAMPLES]))
+    return ExitScores(list(record[CORRECT]), list(record[LOSS_SUM]), list(record[EXAMPLES]),
+                      list(record[EARLY_CORRECT]), list(record[EARLY_MFLOPS]))
 
 
 def metric_record_of(content: RecordDict) -> MetricRecord:
@@ -45,25 +53,34 @@ def metric_record_of(content: RecordDict) -> MetricRecord:
 
 
 def pool(scores: Iterable[ExitScores]) -> ExitScores:
+    """Sum the counts of several clients; a client without exit e adds nothing to it."""
     scores = list(scores)
-    exits = len(scores[0].correct)
-    return ExitScores(
-        [sum(s.correct[e] for s in scores) for e in range(exits)],
-        [sum(s.loss_sum[e] for s in scores) for e in range(exits)],
-        sum(s.total for s in scores),
-    )
+    exits = max(len(s.correct) for s in scores)
+
+    def summed(values: Callable[[ExitScores], list], length: int) -> list:
+        return [sum(v[i] for v in map(values, scores) if i < len(v)) for i in range(length)]
+
+    thresholds = max(len(s.early_correct) for s in scores)
+    return ExitScores(summed(lambda s: s.correct, exits), summed(lambda s: s.loss_sum, exits),
+                      summed(lambda s: s.examples, exits), summed(lambda s: s.early_correct, thresholds),
+                      summed(lambda s: s.early_mflops, thresholds))
 
 
 def summarize_exits(per_client: dict[int, ExitScores], exit_names: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Per exit: pooled accuracy and loss, and the spread of the clients' own accuracies."""
+    """Per exit: pooled accuracy and loss, and the spread of the accuracies of the clients
+    whose model has that exit. Exits no client has are left out."""
     pooled = pool(per_client.values())
     summary = {}
     for e, name in enumerate(exit_names):
-        accuracies = {pid: s.accuracy[e] for pid, s in sorted(per_client.items())}
+        accuracies = {pid: s.accuracy[e] for pid, s in sorted(per_client.items())
+                      if e < len(s.examples) and s.examples[e]}
+        if not accuracies:
+            continue
         values = list(accuracies.values())
         summary[name] = {
             "accuracy": pooled.accuracy[e],
             "loss": pooled.loss[e],
+            "clients": len(values),
             "client_accuracy": {
                 "mean": statistics.fmean(values),
                 "std": statistics.pstdev(values),
@@ -80,7 +97,7 @@ def pooled_metric_record(records: list[RecordDict], weighted_by_key: str) -> Met
     (instead of Flower's default weighted mean of every key, partition ids included)."""
     metrics = [metric_record_of(r) for r in records]
     pooled = pool(scores_from_record(m) for m in metrics)
-    result = MetricRecord({"accuracy": pooled.accuracy, "loss": pooled.loss})
+    result = MetricRecord({"accuracy": [a or 0.0 for a in pooled.accuracy], "loss": [l or 0.0 for l in pooled.loss]})
     if all(TRAIN_LOSS in m for m in metrics):
         weights = [float(m[weighted_by_key]) for m in metrics]
         result[TRAIN_LOSS] = sum(w * float(m[TRAIN_LOSS]) for w, m in zip(weights, metrics)) / sum(weights)

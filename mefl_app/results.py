@@ -20,7 +20,7 @@ from flwr.app import ArrayRecord
 from flwr.common.logger import log
 from logging import INFO, WARNING
 
-from .metrics import summarize_exits
+from .metrics import pool, summarize_exits
 from .training import ExitScores
 
 ACCURACY_KINDS = ("personalized", "global_local", "central")
@@ -104,9 +104,15 @@ class RunRecorder:
                 server_round, phase, len(ok), sent, len(failed), sent - len(ok) - len(failed))
 
     def record_scores(self, server_round: int, kind: str, per_client: dict[int, ExitScores]) -> None:
-        """Per-exit accuracies of one kind, pooled over the clients that replied."""
-        if per_client:
-            self._round(server_round)[kind] = summarize_exits(per_client, self.exit_names)
+        """Per-exit accuracies of one kind, pooled over the clients that replied, and the
+        early-exit policy's accuracy and average cost per confidence threshold."""
+        if not per_client:
+            return
+        entry = self._round(server_round)
+        entry[kind] = summarize_exits(per_client, self.exit_names)
+        pooled = pool(per_client.values())
+        if pooled.early_correct:
+            entry[f"{kind}_early_exit"] = {"accuracy": pooled.early_accuracy, "mflops_per_sample": pooled.early_average_mflops}
 
     def record_value(self, server_round: int, key: str, value: Any) -> None:
         self._round(server_round)[key] = value
@@ -143,7 +149,7 @@ class RunRecorder:
     def progress_line(self, entry: dict[str, Any], num_rounds: int) -> str:
         def accs(kind: str) -> str:
             metrics = entry.get(kind)
-            return "/".join(f"{metrics[n]['accuracy']:.3f}" for n in self.exit_names) if metrics else "-"
+            return "/".join(f"{metrics[n]['accuracy']:.3f}" if n in metrics else "-" for n in self.exit_names) if metrics else "-"
 
         train = entry["replies"].get("train", {})
         return (

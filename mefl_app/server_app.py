@@ -11,8 +11,9 @@ from flwr.serverapp import Grid, ServerApp
 
 from .results import RunRecorder, make_run_dir
 from .settings import RunSettings
+from .partial import PartialAggregation
 from .strategies import PooledTrainMetrics, build_strategy
-from .tasks import exit_names, initial_model, load_task_data
+from .tasks import build_model, exit_names, initial_model, load_task_data, model_costs
 from .tracking import TrackingStrategy
 from .training import evaluate_exits, select_device
 
@@ -37,7 +38,9 @@ def main(grid: Grid, context: Context) -> None:
             "run_id": context.run_id,
             "run_config": settings.as_run_config(),
             "strategy": type(strategy).__name__,
-            "model": {"class": type(model).__name__, "parameters": sum(p.numel() for p in model.parameters())},
+            "model": {"class": type(model).__name__, "parameters": sum(p.numel() for p in model.parameters()),
+                      "forward_mflops_per_exit": model_costs(settings, data.num_classes, data.input_shape)[0]},
+            "early_exit_thresholds": list(settings.thresholds),
             "data": {"task": data.name, "num_classes": data.num_classes, "class_names": list(data.class_names),
                      "pool_size": len(data.train), "central_test_size": len(data.test)},
         },
@@ -59,10 +62,14 @@ def main(grid: Grid, context: Context) -> None:
             recorder.finish_round(server_round, settings.num_server_rounds)
         return metrics
 
+    # Clients at exit level k hold (and send) only these arrays.
+    level_keys = {k: list(build_model(settings, data.num_classes, data.input_shape, k).state_dict())
+                  for k in range(1, len(settings.exit_blocks) + 1)}
     # Clients build their model from what the server announces, and refuse other data.
     data_config = {"num-classes": data.num_classes, "input-shape": list(data.input_shape)}
     try:
-        result = TrackingStrategy(strategy, recorder, train_metrics, settings.min_train_replies).start(
+        partial = PartialAggregation(strategy, level_keys, train_metrics)
+        result = TrackingStrategy(partial, recorder, train_metrics, settings.min_train_replies).start(
             grid=grid,
             initial_arrays=ArrayRecord(model.state_dict()),
             num_rounds=settings.num_server_rounds,

@@ -20,6 +20,7 @@ DEVICES = ("auto", "cpu", "cuda")
 PARTITION_BY = ("dirichlet", "subject")
 HAR_SUBSETS = ("acc", "adl", "fall")
 DP_MODES = ("none", "fixed", "adaptive")
+EXIT_TRAINING = ("partial", "exclusive")
 DEFAULT_EXITS = {"fmnist": "1,3,5", "har": "1,2,3"}
 DEPTH = {"fmnist": 5, "har": 3}  # residual blocks / LSTM layers
 DEFAULT_TARGET = {"fmnist": 0.75, "har": 0.5}  # the study's rounds-to-target thresholds
@@ -77,6 +78,10 @@ class RunSettings:
     exit_after: str = ""
     norm: str = "group"
     hidden_size: int = 64
+    # resource-aware exits
+    exit_profile: str = ""
+    exit_training: str = "partial"
+    early_exit_thresholds: str = "0.5,0.6,0.7,0.8,0.9,0.95,0.99"
     # loss
     distill_weight: float = 0.5
     distill_temperature: float = 3.0
@@ -123,6 +128,8 @@ class RunSettings:
             if not ok(value):
                 raise SettingsError(f"{name.replace('_', '-')} {requirement}, got {value!r}")
         self.exit_blocks  # parses and validates exit-after
+        self.thresholds  # parses early-exit-thresholds
+        self.profile_levels  # parses exit-profile
 
     @property
     def exit_blocks(self) -> tuple[int, ...]:
@@ -138,6 +145,35 @@ class RunSettings:
             raise SettingsError(
                 f"exit-after must be increasing numbers in 1..{DEPTH[self.task]} for task {self.task!r}, got {text!r}")
         return blocks if self.multi_exit else blocks[-1:]
+
+    @property
+    def thresholds(self) -> tuple[float, ...]:
+        """Confidence thresholds of the early-exit evaluation (empty string: none)."""
+        try:
+            values = tuple(float(t) for t in self.early_exit_thresholds.split(",") if t.strip())
+        except ValueError:
+            raise SettingsError(f"early-exit-thresholds must be comma-separated numbers, got {self.early_exit_thresholds!r}") from None
+        if any(not 0 < t <= 1 for t in values):
+            raise SettingsError(f"early-exit-thresholds must lie in (0, 1], got {self.early_exit_thresholds!r}")
+        return values
+
+    @property
+    def profile_levels(self) -> tuple[int, ...]:
+        """``exit-profile`` "1:8,2:8,3:8" as one exit level per partition id, in order (empty:
+        every client at the deepest level)."""
+        if not self.exit_profile:
+            return ()
+        levels: list[int] = []
+        for part in self.exit_profile.split(","):
+            try:
+                level, count = (int(v) for v in part.split(":"))
+            except ValueError:
+                raise SettingsError(f"exit-profile must look like '1:8,2:8,3:8' (level:clients), got {self.exit_profile!r}") from None
+            if not 1 <= level <= len(self.exit_blocks) or count < 0:
+                raise SettingsError(
+                    f"exit-profile levels must lie in 1..{len(self.exit_blocks)} with counts >= 0, got {self.exit_profile!r}")
+            levels += [level] * count
+        return tuple(levels)
 
     @property
     def target(self) -> float:
@@ -205,6 +241,7 @@ def _between(low: float, high: float, *, closed: str = ""):
 _RULES = {
     "task": _one_of(TASKS),
     "dp": _one_of(DP_MODES),
+    "exit_training": _one_of(EXIT_TRAINING),
     "max_grad_norm": _at_least(0),
     "min_train_nodes": _at_least(1),
     "min_train_replies": _at_least(1),

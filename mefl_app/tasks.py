@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -9,7 +10,8 @@ import torch
 from torch import nn
 
 from .datasets import TaskData, load_fashion_mnist, load_har
-from .models import MultiExitLSTM, MultiExitResNet
+from .losses import multi_exit_loss
+from .models import MultiExitLSTM, MultiExitResNet, flop_counter, forward_mflops_per_exit
 from .partitions import ClientShard, check_shard_matches, load_shard, make_client_shard
 from .settings import RunSettings, SettingsError
 
@@ -21,11 +23,47 @@ def load_task_data(settings: RunSettings) -> TaskData:
     return load_fashion_mnist(settings.data_path)
 
 
-def build_model(settings: RunSettings, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
-    """The task's multi-exit model (or its single-exit baseline with ``multi-exit = false``)."""
+def build_model(settings: RunSettings, num_classes: int, input_shape: tuple[int, ...], level: int | None = None) -> nn.Module:
+    """The task's multi-exit model (or its single-exit baseline with ``multi-exit = false``).
+
+    ``level = k`` builds only the front of it: the layers up to exit k and exits 1..k, whose
+    parameter names are exactly the full model's names for those parts."""
+    exits = settings.exit_blocks[:level]
     if settings.task == "har":
-        return MultiExitLSTM(num_classes, input_size=input_shape[-1], hidden_size=settings.hidden_size, exit_after=settings.exit_blocks)
-    return MultiExitResNet(num_classes, in_channels=input_shape[0], exit_after=settings.exit_blocks, norm=settings.norm)
+        return MultiExitLSTM(num_classes, input_size=input_shape[-1], hidden_size=settings.hidden_size, exit_after=exits)
+    return MultiExitResNet(num_classes, in_channels=input_shape[0], exit_after=exits, norm=settings.norm)
+
+
+@functools.lru_cache(maxsize=8)
+def model_costs(settings: RunSettings, num_classes: int, input_shape: tuple[int, ...], level: int | None = None) -> tuple[list[float], float]:
+    """Measured on the real model (once per process): forward MFLOPs of one sample to each exit,
+    and MFLOPs of one sample's training step (forward and backward of the multi-exit loss)."""
+    model = build_model(settings, num_classes, input_shape, level)
+    forward = forward_mflops_per_exit(model, torch.zeros(input_shape))
+    x, y = torch.randn(2, *input_shape), torch.zeros(2, dtype=torch.long)
+    with flop_counter() as counter:
+        multi_exit_loss(model(x), y, distill_weight=settings.distill_weight, temperature=settings.distill_temperature,
+                        teacher=settings.distill_teacher).backward()
+    return forward, counter.get_total_flops() / 2 / 1e6
+
+
+def exit_level(settings: RunSettings, node_config: Mapping[str, Any], partition_id: int) -> int:
+    """How many exits this client runs: its SuperNode's ``exit-level``, else its entry in
+    ``exit-profile``, else all of them."""
+    deepest = len(settings.exit_blocks)
+    if "exit-level" in node_config:
+        level = int(node_config["exit-level"])
+    elif settings.profile_levels:
+        if partition_id >= len(settings.profile_levels):
+            raise SettingsError(
+                f"exit-profile {settings.exit_profile!r} covers {len(settings.profile_levels)} clients, "
+                f"but partition {partition_id} exists")
+        level = settings.profile_levels[partition_id]
+    else:
+        level = deepest
+    if not 1 <= level <= deepest:
+        raise SettingsError(f"exit-level must lie in 1..{deepest}, got {level}")
+    return level
 
 
 def initial_model(settings: RunSettings, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:

@@ -73,12 +73,16 @@ class TrackingStrategy(Strategy):
         for record in records:
             self.recorder.record_partition(int(record[keys.PARTITION_ID]), {
                 "num_train": int(record[keys.NUM_EXAMPLES]),
-                "num_test": int(record[keys.TEST_EXAMPLES]),
+                "num_test": int(max(record[keys.EXAMPLES])),
+                "exit_level": int(record[keys.EXIT_LEVEL]),
                 "label_counts_train": list(record[keys.LABEL_COUNTS]),
             })
         total = sum(float(r[keys.NUM_EXAMPLES]) for r in records)
         self.recorder.record_value(server_round, "train_loss", sum(float(r[keys.TRAIN_LOSS]) * float(r[keys.NUM_EXAMPLES]) for r in records) / total)
-        self.recorder.record_value(server_round, "client_train_seconds", {str(int(r[keys.PARTITION_ID])): float(r[keys.TRAIN_SECONDS]) for r in records})
+        by_client = lambda key: {str(int(r[keys.PARTITION_ID])): float(r[key]) for r in records}  # noqa: E731
+        self.recorder.record_value(server_round, "client_train_seconds", by_client(keys.TRAIN_SECONDS))
+        self.recorder.record_value(server_round, "client_train_mflops", by_client(keys.TRAIN_MFLOPS))
+        self.recorder.record_value(server_round, "client_exit_levels", {k: int(v) for k, v in by_client(keys.EXIT_LEVEL).items()})
         if self.train_metrics is not None:
             self.train_metrics.last_partitions = None
         aggregated = self.inner.aggregate_train(server_round, replies)

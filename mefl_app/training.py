@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -75,35 +76,82 @@ def train_local(
 
 @dataclass(frozen=True)
 class ExitScores:
-    """Per-exit counts on one data part; sums pool exactly across clients."""
+    """Per-exit counts on one data part; sums pool exactly across clients.
+
+    ``examples[e]`` is 0 for an exit the client's model does not have (a client at exit level
+    k < K). ``early_correct`` / ``early_mflops`` hold, per confidence threshold, the correct
+    predictions and the summed forward MFLOPs of the early-exit policy (empty when not asked).
+    """
 
     correct: list[int]
     loss_sum: list[float]
-    total: int
+    examples: list[int]
+    early_correct: list[int] = field(default_factory=list)
+    early_mflops: list[float] = field(default_factory=list)
 
     @property
-    def accuracy(self) -> list[float]:
-        return [c / self.total if self.total else 0.0 for c in self.correct]
+    def total(self) -> int:
+        return max(self.examples, default=0)
 
     @property
-    def loss(self) -> list[float]:
-        return [s / self.total if self.total else 0.0 for s in self.loss_sum]
+    def accuracy(self) -> list[float | None]:
+        return [c / n if n else None for c, n in zip(self.correct, self.examples)]
+
+    @property
+    def loss(self) -> list[float | None]:
+        return [s / n if n else None for s, n in zip(self.loss_sum, self.examples)]
+
+    @property
+    def early_accuracy(self) -> list[float]:
+        return [c / self.total for c in self.early_correct] if self.total else []
+
+    @property
+    def early_average_mflops(self) -> list[float]:
+        return [m / self.total for m in self.early_mflops] if self.total else []
+
+
+def first_confident_exit(logits: Tensor, threshold: float) -> Tensor:
+    """Early-exit policy: per sample, the first exit whose top softmax probability reaches
+    ``threshold``, else the last exit. ``logits``: exits x batch x classes; returns exit indices."""
+    confident = logits.softmax(dim=2).amax(dim=2) >= threshold  # exits x batch
+    confident[-1] = True
+    return confident.int().argmax(dim=0)  # argmax returns the first maximal entry
 
 
 @torch.no_grad()
-def evaluate_exits(model: nn.Module, data: TensorData, *, batch_size: int, device: torch.device) -> ExitScores:
-    """Accuracy and cross-entropy of every exit, in eval mode (dropout off), no autograd."""
+def evaluate_exits(
+    model: nn.Module,
+    data: TensorData,
+    *,
+    batch_size: int,
+    device: torch.device,
+    thresholds: Sequence[float] = (),
+    exit_mflops: Sequence[float] = (),
+) -> ExitScores:
+    """Accuracy and cross-entropy of every exit, in eval mode (dropout off), no autograd; with
+    ``thresholds`` (and the forward MFLOPs to each exit) also the early-exit policy's accuracy
+    and cost per threshold."""
+    if len(data) == 0:
+        raise ValueError("cannot evaluate on an empty data part")
     model.eval()
-    correct: Tensor | None = None
-    loss_sum: Tensor | None = None
+    correct = loss_sum = early_correct = None
+    early_mflops = [0.0] * len(thresholds)
     for start in range(0, len(data), batch_size):
         x = data.x[start : start + batch_size].to(device)
         y = data.y[start : start + batch_size].to(device)
         logits = torch.stack(model(x))  # exits x batch x classes
-        batch_correct = (logits.argmax(dim=2) == y).sum(dim=1)
+        hits = logits.argmax(dim=2) == y  # exits x batch
         batch_loss = torch.stack([F.cross_entropy(z, y, reduction="sum") for z in logits])
-        correct = batch_correct if correct is None else correct + batch_correct
+        correct = hits.sum(dim=1) if correct is None else correct + hits.sum(dim=1)
         loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
-    if correct is None:
-        raise ValueError("cannot evaluate on an empty data part")
-    return ExitScores(correct.tolist(), loss_sum.tolist(), len(data))
+        if thresholds:
+            chosen = torch.stack([first_confident_exit(logits, t) for t in thresholds])  # thresholds x batch
+            batch_early = hits.gather(0, chosen).sum(dim=1)
+            early_correct = batch_early if early_correct is None else early_correct + batch_early
+            cost = torch.tensor(list(exit_mflops[: len(logits)]), dtype=torch.float64, device=chosen.device)
+            for i, used in enumerate(cost[chosen].sum(dim=1).tolist()):
+                early_mflops[i] += used
+    exits = len(correct)
+    return ExitScores(correct.tolist(), loss_sum.tolist(), [len(data)] * exits,
+                      early_correct.tolist() if early_correct is not None else [],
+                      early_mflops if thresholds else [])

@@ -42,6 +42,18 @@ def write_idx_fashion_mnist(root: Path, n_train=480, n_test=120, seed=0) -> Path
     return root
 
 
+def layers_run(layers, model, x, **kwargs) -> list[int]:
+    """Which of ``layers`` (numbered from 1) a forward pass of ``model`` ran, in order."""
+    ran = []
+    hooks = [layer.register_forward_hook(lambda m, i, o, n=n: ran.append(n)) for n, layer in enumerate(layers, 1)]
+    try:
+        model(x, **kwargs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return ran
+
+
 @pytest.fixture
 def task_data():
     return synthetic_task()

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_unimib_shar
+from conftest import layers_run, write_unimib_shar
 from mefl_app.datasets import DataUnavailableError, load_har, load_unimib_shar
 from mefl_app.models import MultiExitLSTM
 from mefl_app.partitions import make_client_shard
@@ -11,12 +11,7 @@ from mefl_app.tasks import build_model
 
 
 def _layers_run(model, x, **kwargs):
-    ran = []
-    hooks = [l.register_forward_hook(lambda m, i, o, n=n: ran.append(n)) for n, l in enumerate(model.layers, 1)]
-    model(x, **kwargs)
-    for h in hooks:
-        h.remove()
-    return ran
+    return layers_run(model.layers, model, x, **kwargs)
 
 
 def test_lstm_returns_one_logit_tensor_per_layer():

@@ -2,16 +2,12 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from conftest import layers_run
 from mefl_app.models import MultiExitResNet
 
 
 def _blocks_run(model, x, **kwargs):
-    ran = []
-    hooks = [b.register_forward_hook(lambda m, i, o, n=n: ran.append(n)) for n, b in enumerate(model.blocks, 1)]
-    model(x, **kwargs)
-    for h in hooks:
-        h.remove()
-    return ran
+    return layers_run(model.blocks, model, x, **kwargs)
 
 
 def test_forward_returns_one_logit_tensor_per_exit_shallowest_first():

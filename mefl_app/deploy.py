@@ -27,184 +27,22 @@ import json
 import os
 import re
 import signal
-import socket
 import ssl
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
-from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
 from .certificates import NodeKeys, ServerCertificates, make_node_keys, make_server_certificates
+from .processes import BIN, ManagedProcess, flwr_bin, free_port, port_is_bound, run_config_arg, stop_processes
 
-BIN = Path(sys.executable).parent
 CONNECTION = "mefl-local"
 DEFAULT_APP_DIR = Path(__file__).resolve().parents[1]
-
-
-def _flwr_bin(name: str) -> str:
-    """Flower's console scripts next to this interpreter (a venv), else from PATH."""
-    candidate = BIN / name
-    return str(candidate) if candidate.exists() else name
-
-
-def free_port(taken: set[int] | None = None) -> int:
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if not taken or port not in taken:
-            return port
-
-
-def port_is_bound(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex((host, port)) == 0
-
-
-def run_config_arg(config: dict[str, Any] | str) -> str:
-    """``--run-config`` syntax: strings quoted, numbers and booleans bare (TOML)."""
-    if isinstance(config, str):
-        return config
-
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return str(v).lower()
-        return f"'{v}'" if isinstance(v, (str, Path)) else str(v)
-
-    return " ".join(f"{k}={value(v)}" for k, v in config.items())
-
-
-# -- processes ------------------------------------------------------------------------------
-def _proc_table() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, start time) for every process we may see."""
-    table: dict[int, tuple[int, str]] = {}
-    if os.path.isdir("/proc"):
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat") as handle:
-                    stat = handle.read()
-            except OSError:
-                continue
-            fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) "
-            table[int(entry)] = (int(fields[1]), fields[19])  # ppid, starttime
-        return table
-    out = subprocess.run(["ps", "-A", "-o", "pid=,ppid=,lstart="], capture_output=True, text=True).stdout
-    for line in out.splitlines():
-        parts = line.split(None, 2)
-        if len(parts) == 3:
-            table[int(parts[0])] = (int(parts[1]), parts[2])
-    return table
-
-
-def descendants(pids: list[int]) -> dict[int, str]:
-    """Every process below ``pids`` (children, grandchildren, ...), pid -> start time. Flower's
-    SuperLink starts its SuperExec in a new session, so a process group does not cover it."""
-    table = _proc_table()
-    children: dict[int, list[int]] = defaultdict(list)
-    for pid, (ppid, _) in table.items():
-        children[ppid].append(pid)
-    found: dict[int, str] = {}
-    stack = list(pids)
-    while stack:
-        for child in children.get(stack.pop(), []):
-            if child not in found:
-                found[child] = table[child][1]
-                stack.append(child)
-    return found
-
-
-def _alive(pid: int, started: str | None = None) -> bool:
-    """Still running and still the same process (not a reused pid), zombies count as gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            stat = handle.read()
-        fields = stat[stat.rfind(")") + 2:].split()
-        return fields[0] != "Z" and (started is None or fields[19] == started)
-    except FileNotFoundError:
-        return False
-    except OSError:
-        pass
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-
-
-@dataclass
-class ManagedProcess:
-    """One process this deployment started, in its own session (process group)."""
-
-    name: str
-    popen: subprocess.Popen
-    log_path: Path
-    log: IO[Any] | None = None
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def running(self) -> bool:
-        return self.popen.poll() is None
-
-    def signal_group(self, sig: int) -> None:
-        try:
-            os.killpg(self.popen.pid, sig)  # pgid == pid: started with start_new_session
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-def stop_processes(processes: list[ManagedProcess], grace: float = 10.0, first: int = signal.SIGTERM) -> None:
-    """Signal every process group (and every descendant that left it) with ``first``, wait up
-    to ``grace`` seconds, then SIGKILL whatever is left; reap everything. Only processes we
-    started or their descendants are signalled."""
-    # Only unreaped processes: a reaped one's pid may belong to someone else by now.
-    tracked = [p for p in processes if p.running()]
-    below = descendants([p.pid for p in tracked])
-
-    def signal_all(sig: int) -> None:
-        for proc in tracked:
-            if proc.running():
-                proc.signal_group(sig)
-        for pid, started in below.items():
-            if _alive(pid, started):
-                try:
-                    os.kill(pid, sig)
-                except (ProcessLookupError, PermissionError):
-                    pass
-
-    def wait(until: float) -> bool:
-        while time.monotonic() < until:
-            below.update(descendants([p.pid for p in tracked if p.running()]))
-            if not any(p.running() for p in tracked) and not any(_alive(pid, s) for pid, s in below.items()):
-                return True
-            time.sleep(0.1)
-        return False
-
-    if tracked or below:
-        signal_all(first)
-        if not wait(time.monotonic() + grace):
-            signal_all(signal.SIGKILL)
-            wait(time.monotonic() + 10)
-    for proc in processes:
-        try:
-            proc.popen.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.signal_group(signal.SIGKILL)
-            proc.popen.wait(timeout=5)
-        if proc.log is not None and not proc.log.closed:
-            proc.log.close()
 
 
 # -- the deployment -------------------------------------------------------------------------
@@ -324,7 +162,7 @@ class LocalDeployment:
             tls = ["--insecure"]
         self._write_flwr_config()
         self.superlink = self._spawn("superlink", [
-            _flwr_bin("flower-superlink"), *tls, "--host", self.host, "--port", str(self.port),
+            flwr_bin("flower-superlink"), *tls, "--host", self.host, "--port", str(self.port),
             # Flower would otherwise `uv sync` [project].dependencies (PyTorch) into a fresh
             # environment for every run; mefl is installed once, like on the devices.
             "--disable-runtime-dependency-installation",
@@ -352,7 +190,7 @@ class LocalDeployment:
 
     def flwr(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         """The ``flwr`` CLI against this deployment's private Flower configuration."""
-        return subprocess.run([_flwr_bin("flwr"), *args], env=self.env, cwd=self.workdir,
+        return subprocess.run([flwr_bin("flwr"), *args], env=self.env, cwd=self.workdir,
                               capture_output=True, text=True, timeout=timeout)
 
     def register(self, keys: NodeKeys) -> int:
@@ -406,7 +244,7 @@ class LocalDeployment:
         else:
             auth = ["--insecure"]
         node.process = self._spawn(f"supernode-{node.index}", [
-            _flwr_bin("flower-supernode"), *auth, "--superlink", self.address,
+            flwr_bin("flower-supernode"), *auth, "--superlink", self.address,
             "--port", str(node.port), "--node-config", node.node_config,
         ])
         return node.process
@@ -444,7 +282,7 @@ class LocalDeployment:
         """``flwr run <app-dir> <connection> --stream --run-config ...``; waits for the end."""
         started = time.monotonic()
         config = run_config_arg(run_config)
-        args = [_flwr_bin("flwr"), "run", str(self.app_dir), CONNECTION, "--stream"]
+        args = [flwr_bin("flwr"), "run", str(self.app_dir), CONNECTION, "--stream"]
         if config:
             args += ["--run-config", config]
         self.logs.mkdir(parents=True, exist_ok=True)

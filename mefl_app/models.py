@@ -8,7 +8,6 @@ weak device run only the front of the network.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import partial
 
 import torch
 from torch import Tensor, nn

@@ -9,32 +9,14 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
 
-BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_config_arg(config: dict[str, Any]) -> str:
-    """``--run-config`` syntax: strings quoted, numbers and booleans bare (TOML)."""
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return str(v).lower()
-        return f"'{v}'" if isinstance(v, (str, Path)) else str(v)
-    return " ".join(f"{k}={value(v)}" for k, v in config.items())
-
+from .processes import BIN, free_port, run_config_arg
 
 class SimulationSuperLink:
     """``ray_address``: attach every run's simulation to this running Ray cluster instead of

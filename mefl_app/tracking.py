@@ -74,7 +74,6 @@ class TrackingStrategy(Strategy):
             self.recorder.record_partition(int(record[keys.PARTITION_ID]), {
                 "num_train": int(record[keys.NUM_EXAMPLES]),
                 "num_test": int(max(record[keys.EXAMPLES])),
-                "exit_level": int(record[keys.EXIT_LEVEL]),
                 "label_counts_train": list(record[keys.LABEL_COUNTS]),
             })
         total = sum(float(r[keys.NUM_EXAMPLES]) for r in records)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mefl_app.simulation import RayCluster, SimulationSuperLink  # noqa: F401  (re-exported for the tests)
+from mefl_app.simulation import RayCluster, SimulationSuperLink
+
+__all__ = ["RayCluster", "SimulationSuperLink", "only_results"]
 
 
 def only_results(output_dir: Path) -> dict:

@@ -1,8 +1,6 @@
 """The experiment command end-to-end on a tiny configuration; the report's numbers must be the
 ones in the results files."""
 
-import json
-import re
 
 import pytest
 
@@ -24,7 +22,7 @@ def test_campaign_runs_both_variants_and_reports_from_results_files(tmp_path, mo
     se = experiments.completed_results(out / "runs" / "se-seed0")
     assert me and se, "both variants completed"
     assert me["run_config"]["partition-seed"] == se["run_config"]["partition-seed"] == 0  # identical shards
-    assert me["partitions"] == se["partitions"]
+    assert me["partitions"] == se["partitions"]  # the same shards (label counts, sizes)
     report = (out / "report.md").read_text()
     for png in ("accuracy_personalized.png", "accuracy_global_local.png", "accuracy_central.png", "per_client_spread.png"):
         assert (out / png).stat().st_size > 0 and png in report

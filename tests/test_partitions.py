@@ -8,7 +8,6 @@ from mefl_app.partitions import (
     group_partition,
     load_shard,
     make_client_shard,
-    save_shard,
     split_train_test,
     write_shards,
 )

@@ -13,6 +13,7 @@ achieved training GFLOP/s against this machine's measured matmul peak, and the p
 the simulation (sum of the proportional set size of the SuperLink's process tree).
 
     python benchmarks/app_vs_plain.py --task fmnist --clients 24 --rounds 2 --json out.json
+    python benchmarks/app_vs_plain.py --render out.json      # Markdown table, no measuring
 """
 
 from __future__ import annotations
@@ -150,8 +151,35 @@ def run_reference(settings: RunSettings, clients: int, rounds: int, threads: int
             "final_central": history[-1]["central"][-1]}
 
 
+def render_markdown(report: dict) -> str:
+    """One Markdown table of a report written by ``--json`` (what benchmarks/RESULTS.md shows)."""
+    w = report["workload"]
+    lines = [
+        f"`{report['command']}` -- {report['date']}, {report['machine']['cpu_count']} cores "
+        f"({report['machine']['processor']}), torch {report['machine']['torch']}",
+        "",
+        f"Workload: {w['task']}, {w['clients']} clients, {w['rounds']} rounds, {w['local_epochs']} local epochs, "
+        f"{w['samples_per_round']} training samples per round, "
+        f"{w['training_flops_per_sample'] / 1e6:.1f} MFLOP per training sample (forward + backward). "
+        "Matmul peak: " + ", ".join(f"{v:.1f} GFLOP/s at {k} thread(s)" for k, v in report["matmul_peak_gflops"].items()) + ".",
+        "",
+        "| run | start-up s | s per round (each) | ratio to best plain | train samples/s | GFLOP/s | share of matmul peak | peak PSS MB | final central acc |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in report["runs"].items():
+        rounds = ", ".join(f"{x:.1f}" for x in r["round_seconds"])
+        memory = f"{r['peak_pss_mb']:.0f}" if "peak_pss_mb" in r else "-"
+        lines.append(
+            f"| {name} | {r['startup_seconds']:.1f} | {r['mean_round_seconds']:.1f} ({rounds}) | "
+            f"{r['ratio_to_best_plain']:.3f} | {r['train_samples_per_second']:.0f} | {r['achieved_gflops']:.1f} | "
+            f"{r['share_of_matmul_peak']:.0%} | {memory} | {r['final_central']:.4f} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--render", type=Path, nargs="+", help="print the Markdown table of these --json files and stop")
     parser.add_argument("--task", default="fmnist", choices=["fmnist", "har"])
     parser.add_argument("--data-dir", default=None, help="data-dir run-config value (default: pyproject's)")
     parser.add_argument("--clients", type=int, default=24)
@@ -160,6 +188,9 @@ def main() -> None:
     parser.add_argument("--run-config", default="", help="further overrides, flwr run syntax")
     parser.add_argument("--json", type=Path, help="write the raw numbers here")
     args = parser.parse_args()
+    if args.render:
+        print("\n\n".join(render_markdown(json.loads(path.read_text())) for path in args.render))
+        return
 
     overrides = f"task='{args.task}'" + (f" data-dir='{args.data_dir}'" if args.data_dir else "") + " " + args.run_config
     settings = RunSettings.from_app_dir(APP_DIR, overrides)
@@ -199,7 +230,7 @@ def main() -> None:
         r["train_samples_per_second"] = samples_per_round / per_round
         r["achieved_gflops"] = samples_per_round * flops_per_sample / per_round / 1e9
         r["share_of_matmul_peak"] = r["achieved_gflops"] / peak
-    print(json.dumps(report, indent=1))
+    print(render_markdown(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
 

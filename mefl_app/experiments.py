@@ -2,13 +2,15 @@
 
     python -m mefl_app.experiments run --task fmnist --seeds 0 1 2 --out results/fmnist
     python -m mefl_app.experiments report --out results/fmnist
+    python -m mefl_app.experiments compare results/strategies/* --out results/strategies/comparison.md
 
 ``run`` drives the real app through Flower's simulation engine (a private SuperLink, as
 ``flwr run .`` would use) once per (variant, seed): multi-exit and single-exit share the seed and
 the shards (``seed`` and ``partition-seed`` are both set to the seed). A configuration whose
 folder already holds a completed ``results.json`` is skipped, so an interrupted campaign resumes
 where it stopped. ``report`` only reads results files -- it never trains -- and writes
-``report.md`` and PNG plots next to them.
+``report.md`` and PNG plots next to them. ``compare`` puts the final-round accuracies of several
+``run`` folders (e.g. one per strategy) side by side in one Markdown table, again without training.
 """
 
 from __future__ import annotations
@@ -318,6 +320,32 @@ def _plots(out: Path, runs: dict[str, dict[int, dict[str, Any]]], target: float)
     return names
 
 
+def write_comparison(folders: Sequence[Path], out_file: Path) -> Path:
+    """One row per completed run under ``folders``: strategy, last-round accuracy per exit (all
+    three kinds), rounds to target (personalized, deepest exit), bytes and wall time."""
+    lines = [f"# Comparison of {len(folders)} run folders", "",
+             f"Written by `python -m mefl_app.experiments compare {' '.join(str(f) for f in folders)} --out {out_file}`"
+             f" on {datetime.now(timezone.utc).isoformat(timespec='seconds')} from these results files; accuracies"
+             " in % after the last round, per exit (shallowest first).", "",
+             "| folder | strategy | variant, seed | rounds | personalized | global model, local test parts | "
+             "central test set | rounds to target (personalized, deepest) | MB sent | wall minutes |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for folder in folders:
+        for variant, by_seed in sorted(collect(folder).items()):
+            for seed, results in sorted(by_seed.items()):
+                exits, last = results["exit_names"], results["rounds"][-1]
+                per_exit = [" / ".join(f"{100 * last[kind][e]['accuracy']:.1f}" for e in exits) for kind in ACCURACY_KINDS]
+                reached = results["rounds_to_target"].get("personalized", {}).get(exits[-1])
+                megabytes = sum(r["bytes_down"] + r["bytes_up"] for r in results["rounds"]) / 1e6
+                minutes = sum(r["seconds"] for r in results["rounds"]) / 60
+                lines.append(f"| {folder.name} | {results['strategy']} | {variant}, {seed} | {len(results['rounds'])} | "
+                             + " | ".join(per_exit) + f" | {reached or 'not reached'} | {megabytes:.0f} | {minutes:.1f} |")
+    if len(lines) == 6:
+        raise SystemExit(f"no completed results under {', '.join(str(f / 'runs') for f in folders)}")
+    out_file.write_text("\n".join(lines) + "\n")
+    return out_file
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mefl_app.experiments", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -331,7 +359,13 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--out", type=Path, required=True)
     report = commands.add_parser("report", help="write report.md and plots from existing results (no training)")
     report.add_argument("--out", type=Path, required=True)
+    compare = commands.add_parser("compare", help="one Markdown table of the final accuracies of several run folders")
+    compare.add_argument("folders", type=Path, nargs="+", help="folders written by run")
+    compare.add_argument("--out", type=Path, required=True, help="the Markdown file to write")
     args = parser.parse_args(argv)
+    if args.command == "compare":
+        print(f"comparison: {write_comparison(args.folders, args.out)}")
+        return
     if args.command == "run":
         run_campaign(args.task, args.seeds, args.variants, args.out, args.clients, args.run_config, args.cpus_per_client)
     print(f"report: {write_report(args.out)}")

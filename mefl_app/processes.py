@@ -96,7 +96,7 @@ def descendants(pids: list[int]) -> dict[int, str]:
     return found
 
 
-def _alive(pid: int, started: str | None = None) -> bool:
+def process_alive(pid: int, started: str | None = None) -> bool:
     """Still running and still the same process (not a reused pid), zombies count as gone."""
     try:
         with open(f"/proc/{pid}/stat") as handle:
@@ -152,7 +152,7 @@ def stop_processes(processes: list[ManagedProcess], grace: float = 10.0, first: 
             if proc.running():
                 proc.signal_group(sig)
         for pid, started in below.items():
-            if _alive(pid, started):
+            if process_alive(pid, started):
                 try:
                     os.kill(pid, sig)
                 except (ProcessLookupError, PermissionError):
@@ -161,7 +161,7 @@ def stop_processes(processes: list[ManagedProcess], grace: float = 10.0, first: 
     def wait(until: float) -> bool:
         while time.monotonic() < until:
             below.update(descendants([p.pid for p in tracked if p.running()]))
-            if not any(p.running() for p in tracked) and not any(_alive(pid, s) for pid, s in below.items()):
+            if not any(p.running() for p in tracked) and not any(process_alive(pid, s) for pid, s in below.items()):
                 return True
             time.sleep(0.1)
         return False

@@ -87,11 +87,15 @@ class RayCluster:
     (``ray start --address ... --block``), each in its own process group, so that stopping it
     stops exactly these Ray processes and no other Ray on the machine."""
 
-    def __init__(self, temp_dir: Path, num_cpus: int = 2) -> None:
+    def __init__(self, temp_dir: Path, num_cpus: int = 2, num_gpus: int | None = None) -> None:
+        """``num_gpus``: the GPUs the head node offers (default: the ones Ray detects); a number
+        above what the machine has declares logical GPUs, enough to exercise fractional GPU
+        scheduling of clients on a machine without one."""
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.temp_dir = temp_dir
         self.num_cpus = num_cpus
+        self.num_gpus = num_gpus
         self.env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
         self.nodes: list[subprocess.Popen] = []
 
@@ -107,8 +111,9 @@ class RayCluster:
         self.temp_dir.mkdir(parents=True, exist_ok=True)
         # Ray's session folder holds Unix sockets, whose paths must stay under 108 bytes.
         self.session_dir = Path(tempfile.mkdtemp(prefix="mefl-ray-", dir="/tmp"))
+        gpus = ["--num-gpus", str(self.num_gpus)] if self.num_gpus is not None else []
         self._start(["--head", "--port", str(self.port), "--include-dashboard", "false",
-                     "--temp-dir", str(self.session_dir)], self.num_cpus)
+                     "--temp-dir", str(self.session_dir), *gpus], self.num_cpus)
         self.wait_for_nodes(1)
         return self
 

@@ -46,3 +46,11 @@ def test_campaign_runs_both_variants_and_reports_from_results_files(tmp_path, mo
     (out / "report.md").unlink()
     experiments.main(["report", "--out", str(out)])
     assert (out / "report.md").read_text() == report
+
+    # compare: one row per run, the final-round accuracies of the results files.
+    table = experiments.write_comparison([out], tmp_path / "comparison.md").read_text()
+    me_row = next(line for line in table.splitlines() if "| me, 0 |" in line)
+    cells = [c.strip() for c in me_row.split("|")[1:-1]]
+    assert cells[1] == me["strategy"] and cells[3] == "2"
+    assert cells[6] == " / ".join(f"{100 * me['rounds'][-1]['central'][e]['accuracy']:.1f}" for e in ("block1", "block3", "block5"))
+    assert "| se, 0 |" in table

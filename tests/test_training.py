@@ -1,10 +1,11 @@
+import pytest
 import torch
 
 from conftest import synthetic_task
 
 from mefl_app.models import MultiExitResNet
 from mefl_app.settings import RunSettings
-from mefl_app.training import evaluate_exits, train_local
+from mefl_app.training import evaluate_exits, select_device, train_local
 
 CPU = torch.device("cpu")
 
@@ -55,3 +56,14 @@ def test_evaluation_counts_per_exit_in_batches(task_data):
     assert whole.correct == batched.correct and whole.total == len(task_data.test)
     assert all(abs(a - b) < 1e-3 for a, b in zip(whole.loss_sum, batched.loss_sum))
     assert not model.training
+
+
+def test_device_setting_picks_cuda_only_where_torch_sees_it(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert select_device(RunSettings(device="auto")).type == "cpu"
+    assert select_device(RunSettings(device="cpu")).type == "cpu"
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        select_device(RunSettings(device="cuda"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert select_device(RunSettings(device="auto")).type == "cuda"
+    assert select_device(RunSettings(device="cpu")).type == "cpu"

@@ -32,12 +32,12 @@ from pathlib import Path
 
 import torch
 from flwr.common.config import parse_config_args
-from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plain_fedavg import run as run_plain  # noqa: E402
 
 from mefl_app.losses import multi_exit_loss  # noqa: E402
+from mefl_app.models import flop_counter  # noqa: E402
 from mefl_app.partitions import make_client_shard  # noqa: E402
 from mefl_app.settings import RunSettings  # noqa: E402
 from mefl_app.simulation import SimulationSuperLink  # noqa: E402
@@ -62,11 +62,11 @@ def _timed(fn) -> float:
 
 
 def training_flops_per_sample(settings: RunSettings, data, batch: int = 32) -> float:
-    """FLOPs of one optimizer step's forward and backward pass, per sample (FlopCounterMode;
-    it does not count LSTM kernels, so for the HAR task this is a lower bound)."""
+    """FLOPs of one optimizer step's forward and backward pass, per sample (PyTorch's
+    FlopCounterMode plus mefl's formulas for the fused CPU LSTM kernels)."""
     model = build_model(settings, data.num_classes, data.input_shape)
     x, y = data.train.x[:batch], data.train.y[:batch]
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:
         multi_exit_loss(model(x), y, distill_weight=settings.distill_weight,
                         temperature=settings.distill_temperature).backward()
     return counter.get_total_flops() / batch
@@ -121,10 +121,12 @@ def _pss_kb(pid: int) -> int:
     return 0
 
 
-def run_app(task_config: dict, clients: int, rounds: int, cpus_per_client: int, threads: int, work: Path) -> dict:
-    out = work / f"app-cpus{cpus_per_client}"
-    config = {**task_config, "output-dir": out, "num-server-rounds": rounds, "torch-threads": threads}
-    with SimulationSuperLink(work / f"home-cpus{cpus_per_client}") as link:
+def run_app(task_config: dict, clients: int, rounds: int, cpus_per_client: int, threads: int, work: Path,
+            **extra) -> dict:
+    tag = f"cpus{cpus_per_client}-{len(list(work.iterdir()))}"
+    out = work / f"app-{tag}"
+    config = {**task_config, "output-dir": out, "num-server-rounds": rounds, "torch-threads": threads, **extra}
+    with SimulationSuperLink(work / f"home-{tag}") as link:
         with TreeMemory(link.process.pid) as memory:
             started = time.perf_counter()
             proc = link.run(APP_DIR, config, clients, timeout=3600, num_cpus=cpus_per_client)
@@ -187,6 +189,8 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=os.cpu_count())
     parser.add_argument("--run-config", default="", help="further overrides, flwr run syntax")
     parser.add_argument("--json", type=Path, help="write the raw numbers here")
+    parser.add_argument("--compare-polling", action="store_true",
+                        help="also run the app with Flower's own 3 s reply polling (reply-poll-seconds=3)")
     args = parser.parse_args()
     if args.render:
         print("\n\n".join(render_markdown(json.loads(path.read_text())) for path in args.render))
@@ -217,6 +221,9 @@ def main() -> None:
             f"app, {args.cores} clients x 1 thread": lambda: run_app(task_config, args.clients, args.rounds, 1, 1, work),
             f"app, 1 client x {args.cores} threads": lambda: run_app(task_config, args.clients, args.rounds, args.cores, args.cores, work),
         }
+        if args.compare_polling:
+            runs[f"app, {args.cores} clients x 1 thread, Flower's 3 s reply polling"] = lambda: run_app(
+                task_config, args.clients, args.rounds, 1, 1, work, **{"reply-poll-seconds": 3.0})
         report["runs"] = {}
         for name, fn in runs.items():
             print(f"running: {name}", flush=True)

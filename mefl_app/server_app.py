@@ -9,6 +9,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
+from .grid import PromptGrid
 from .results import RunRecorder, make_run_dir
 from .settings import RunSettings
 from .partial import PartialAggregation
@@ -70,7 +71,7 @@ def main(grid: Grid, context: Context) -> None:
     try:
         partial = PartialAggregation(strategy, level_keys, train_metrics)
         result = TrackingStrategy(partial, recorder, train_metrics, settings.min_train_replies).start(
-            grid=grid,
+            grid=PromptGrid(grid, settings.reply_poll_seconds),
             initial_arrays=ArrayRecord(model.state_dict()),
             num_rounds=settings.num_server_rounds,
             timeout=settings.round_timeout,

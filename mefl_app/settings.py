@@ -46,6 +46,7 @@ class RunSettings:
     min_available_nodes: int = 2
     min_train_replies: int = 1
     round_timeout: float = 3600.0
+    reply_poll_seconds: float = 0.2
     target_accuracy: float = 0.0
     # strategy (see strategies.py): Flower's defaults; 0 for eta / eta-l = the strategy's own
     strategy: str = "fedavg"
@@ -246,6 +247,7 @@ _RULES = {
     "min_train_nodes": _at_least(1),
     "min_train_replies": _at_least(1),
     "round_timeout": _between(0, float("inf")),
+    "reply_poll_seconds": _between(0, float("inf")),
     "proximal_mu": _at_least(0),
     "server_learning_rate": _between(0, float("inf")),
     "server_momentum": _between(0, 1, closed="low"),

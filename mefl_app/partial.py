@@ -10,7 +10,9 @@ selection rules (FedMedian, FedTrimmedAvg, Krum, MultiKrum, Bulyan) and the DP w
 clip each reply) have no meaning on mixed uploads and are refused with a clear error.
 
 It also sends each client only its part of the model once it knows the client's level (from
-its first reply), so downlink bytes are counted from what was actually sent.
+its first reply), so downlink bytes are counted from what was actually sent; and it returns every
+aggregate in the model's own dtypes (Flower's FedAdam / FedYogi / FedAdagrad compute in float64,
+which would double every later downlink of a float32 model).
 """
 
 from __future__ import annotations
@@ -47,6 +49,14 @@ def average_per_array(uploads: Sequence[tuple[ArrayRecord, float]], previous: Ar
         else:
             result[name] = Array(old.copy())
     return ArrayRecord(result), sent
+
+
+def in_dtypes_of(arrays: ArrayRecord, reference: ArrayRecord) -> ArrayRecord:
+    """``arrays`` with each array cast to the dtype of the same-named array of ``reference``."""
+    if all(arrays[name].dtype == reference[name].dtype for name in arrays.keys()):
+        return arrays
+    return ArrayRecord({name: Array(arrays[name].numpy().astype(np.dtype(reference[name].dtype)))
+                        for name in arrays.keys()})
 
 
 class PartialAggregation(Strategy):
@@ -106,7 +116,8 @@ class PartialAggregation(Strategy):
         full = set(self.current.keys())
         uploads = [(next(iter(m.content.array_records.values()), ArrayRecord()), m) for m in ok]
         if all(set(record.keys()) == full for record, _ in uploads):
-            return self.inner.aggregate_train(server_round, replies)
+            arrays, metrics = self.inner.aggregate_train(server_round, replies)
+            return (None if arrays is None else in_dtypes_of(arrays, self.current)), metrics
         if type(self.inner) not in MEAN_BASED:
             raise PartialUploadError(
                 f"strategy {type(self.inner).__name__} cannot aggregate partial uploads (clients at different exit "
@@ -122,6 +133,7 @@ class PartialAggregation(Strategy):
         arrays, metrics = self.inner.aggregate_train(server_round, [synthetic])
         if arrays is not None:  # a server optimizer's momentum must not move arrays nobody sent
             arrays = ArrayRecord({name: arrays[name] if name in sent else self.current[name] for name in self.current.keys()})
+            arrays = in_dtypes_of(arrays, self.current)
         if self.train_metrics is not None:
             self.train_metrics.last_partitions = sorted(
                 int(r[keys.PARTITION_ID]) for (record, _), r in zip(weighted, records) if len(record) and float(r[keys.NUM_EXAMPLES]) > 0)

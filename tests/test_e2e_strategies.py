@@ -38,6 +38,8 @@ def _run(superlink, fmnist_dir, tmp_path, **config):
         assert len(entry["personalized"]["block5"]["per_client"]) == CLIENTS
         assert entry["replies"]["train"]["ok"] == CLIENTS
         assert entry["bytes_up"] > 0 and entry["bytes_down"] > 0
+    # The aggregate goes out in the model's dtype (float32), whatever the strategy computes in.
+    assert results["rounds"][1]["bytes_down"] == results["rounds"][0]["bytes_down"]
     return results
 
 

@@ -168,3 +168,13 @@ def test_order_statistic_strategies_are_refused_on_mixed_uploads():
     # Uniform uploads still pass straight through to it.
     arrays, _ = strategy.aggregate_train(1, [_reply(GLOBAL, 1, 3, 0), _reply(GLOBAL, 1, 3, 2)])
     np.testing.assert_allclose(arrays["b"].numpy(), [10.0])
+
+
+def test_aggregates_keep_the_models_dtype_under_a_float64_server_optimizer():
+    # FedAdam computes in float64; a float32 model must go back out as float32 (half the bytes).
+    model = {k: v.astype(np.float32) for k, v in GLOBAL.items()}
+    strategy = PartialAggregation(FedAdam(min_train_nodes=1, min_available_nodes=1), {3: list(model)})
+    strategy.configure_train(1, ArrayRecord({k: Array(v) for k, v in model.items()}), ConfigRecord(), _Grid())
+    arrays, _ = strategy.aggregate_train(1, [_reply({k: v + 1 for k, v in model.items()}, 1, 3, 0)])
+    assert {arrays[k].dtype for k in model} == {"float32"}
+    assert 10.0 < arrays["b"].numpy()[0] < 11.0  # the server step moved towards the update

@@ -19,7 +19,10 @@ HAR_SETTINGS="data-dir='$HAPT_DIR' learning-rate=0.05 max-grad-norm=1.0"
 
 commit() {  # commit a results folder (retrying while another git command holds the index)
     for _ in 1 2 3 4 5 6; do
-        git -C "$OUT_REPO" add "$1" && git -C "$OUT_REPO" commit -q -m "$2" -- "$1" && return 0
+        if git -C "$OUT_REPO" add "$1"; then
+            git -C "$OUT_REPO" diff --cached --quiet -- "$1" && return 0  # nothing new (a resumed step)
+            git -C "$OUT_REPO" commit -q -m "$2" -- "$1" && return 0
+        fi
         sleep 10
     done
     echo "warning: could not commit $1" >&2

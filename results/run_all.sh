@@ -40,8 +40,9 @@ campaign() {  # task, out, seeds..., then --run-config value
 mkdir -p "$OUT_REPO/benchmarks/results"
 for task in fmnist har; do
     [ -f "$OUT_REPO/benchmarks/results/app_vs_plain_$task.json" ] && continue
-    if [ "$task" = fmnist ]; then data=$FMNIST_DIR; extra=""; else data=$HAPT_DIR; extra="learning-rate=0.05 max-grad-norm=1.0"; fi
-    python benchmarks/app_vs_plain.py --task "$task" --data-dir "$data" --clients 24 --rounds 2 \
+    if [ "$task" = fmnist ]; then data=$FMNIST_DIR; extra=""; flags=""
+    else data=$HAPT_DIR; extra="learning-rate=0.05 max-grad-norm=1.0"; flags="--compare-polling"; fi
+    python benchmarks/app_vs_plain.py --task "$task" --data-dir "$data" --clients 24 --rounds 2 $flags \
         --run-config "$extra" --json "$OUT_REPO/benchmarks/results/app_vs_plain_$task.json"
     commit benchmarks/results "benchmarks: app vs plain PyTorch on $task, measured"
 done

@@ -3,6 +3,7 @@
 (these machines are noisy) and reported as the median ratio to plain eager in the same run.
 
     python benchmarks/train_step.py --task fmnist --repeats 5
+    python benchmarks/train_step.py --task fmnist --profile     # where one eager step's time goes
 """
 
 from __future__ import annotations
@@ -47,6 +48,19 @@ def time_step(step, steps: int) -> float:
     return (time.perf_counter() - started) / steps
 
 
+def profile_step(task: str, batch: int, steps: int) -> None:
+    """torch.profiler's self-CPU-time table of ``steps`` eager training steps at 1 thread."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.set_num_threads(1)
+    step = make_step(task, "eager", batch)
+    time_step(step, 5)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        time_step(step, steps)
+    print(f"task={task} batch={batch} steps={steps} threads=1")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="fmnist", choices=sorted(SHAPES))
@@ -54,7 +68,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--variants", default="eager,channels_last,compile,channels_last+compile")
+    parser.add_argument("--profile", action="store_true", help="print the operator profile of eager steps and stop")
     args = parser.parse_args()
+    if args.profile:
+        profile_step(args.task, args.batch, args.steps)
+        return
     variants = args.variants.split(",")
     results: dict[tuple[str, int], list[float]] = {}
     for threads in (1, 2):

@@ -56,6 +56,9 @@ for strategy in "fedavg" "fedprox proximal-mu=0.01" "fedavgm server-momentum=0.9
         --run-config "$STRATEGY_SETTINGS strategy='$name' ${strategy#"$name"}"
     commit "results/strategies/$name" "results: strategy $name, 10 rounds"
 done
+(cd "$OUT_REPO" && python -m mefl_app.experiments compare results/strategies/fedavg results/strategies/fedprox \
+    results/strategies/fedavgm results/strategies/fedadam --out results/strategies/comparison.md)
+commit results/strategies/comparison.md "results: strategies side by side"
 
 # Issue 8: all-deep vs mixed levels vs exclusive, 10 rounds, 2 local epochs (same reason).
 python -m mefl_app.exit_experiments run --task fmnist --rounds 10 --out "$OUT_REPO/results/exits" \

@@ -68,4 +68,12 @@ commit results/exits "results: resource-aware exits comparison, 10 rounds"
 # Issue 7: the study's scale (24 clients, 50 rounds, 5 local epochs), HAR first (~15 min a run
 # here), then Fashion-MNIST (~90 min a run here).
 campaign har results/har "$HAR_SETTINGS" 0 1 2
+# Why HAR's multi-exit model trails (results/har/notes.md): how much clipping bites each model,
+# and a check on local validation data (never the central test set) of a threshold scaled to 3 exits.
+(cd "$OUT_REPO" && python benchmarks/grad_clipping.py results/har/runs/me-seed0 results/har/runs/se-seed0 \
+    --json results/har/grad_clipping.json)
+TUNE="data-dir='$HAPT_DIR' learning-rate=0.05 validation-fraction=0.2 num-server-rounds=15"
+python -m mefl_app.experiments run --task har --seeds 0 --out "$OUT_REPO/results/har-tuning/clip1" --run-config "$TUNE max-grad-norm=1.0"
+python -m mefl_app.experiments run --task har --seeds 0 --variants me --out "$OUT_REPO/results/har-tuning/clip3" --run-config "$TUNE max-grad-norm=3.0"
+commit results/har-tuning "results: HAR clipping check on validation data"
 campaign fmnist results/fmnist "data-dir='$FMNIST_DIR'" 0 1 2

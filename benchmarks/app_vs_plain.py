@@ -36,12 +36,10 @@ from flwr.common.config import parse_config_args
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plain_fedavg import run as run_plain  # noqa: E402
 
-from mefl_app.losses import multi_exit_loss  # noqa: E402
-from mefl_app.models import flop_counter  # noqa: E402
 from mefl_app.partitions import make_client_shard  # noqa: E402
 from mefl_app.settings import RunSettings  # noqa: E402
 from mefl_app.simulation import SimulationSuperLink  # noqa: E402
-from mefl_app.tasks import build_model, load_task_data  # noqa: E402
+from mefl_app.tasks import load_task_data, model_costs  # noqa: E402
 
 APP_DIR = Path(__file__).resolve().parents[1]
 
@@ -59,17 +57,6 @@ def _timed(fn) -> float:
     started = time.perf_counter()
     fn()
     return time.perf_counter() - started
-
-
-def training_flops_per_sample(settings: RunSettings, data, batch: int = 32) -> float:
-    """FLOPs of one optimizer step's forward and backward pass, per sample (PyTorch's
-    FlopCounterMode plus mefl's formulas for the fused CPU LSTM kernels)."""
-    model = build_model(settings, data.num_classes, data.input_shape)
-    x, y = data.train.x[:batch], data.train.y[:batch]
-    with flop_counter() as counter:
-        multi_exit_loss(model(x), y, distill_weight=settings.distill_weight,
-                        temperature=settings.distill_temperature).backward()
-    return counter.get_total_flops() / batch
 
 
 class TreeMemory:
@@ -123,10 +110,10 @@ def _pss_kb(pid: int) -> int:
 
 def run_app(task_config: dict, clients: int, rounds: int, cpus_per_client: int, threads: int, work: Path,
             **extra) -> dict:
-    tag = f"cpus{cpus_per_client}-{len(list(work.iterdir()))}"
-    out = work / f"app-{tag}"
+    run_dir = Path(tempfile.mkdtemp(prefix=f"app-cpus{cpus_per_client}-", dir=work))  # one per arm
+    out = run_dir / "out"
     config = {**task_config, "output-dir": out, "num-server-rounds": rounds, "torch-threads": threads, **extra}
-    with SimulationSuperLink(work / f"home-{tag}") as link:
+    with SimulationSuperLink(run_dir / "home") as link:
         with TreeMemory(link.process.pid) as memory:
             started = time.perf_counter()
             proc = link.run(APP_DIR, config, clients, timeout=3600, num_cpus=cpus_per_client)
@@ -202,7 +189,8 @@ def main() -> None:
     data = load_task_data(settings)
     shards = [make_client_shard(data, settings, p, args.clients) for p in range(args.clients)]
     samples_per_round = settings.local_epochs * sum(len(s.train) for s in shards)
-    flops_per_sample = training_flops_per_sample(settings, data)
+    # FLOPs of one sample's forward + backward pass (FlopCounterMode plus mefl's LSTM formulas).
+    flops_per_sample = model_costs(settings, data.num_classes, data.input_shape)[1] * 1e6
     report: dict = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),

@@ -1,9 +1,10 @@
 """Diagnostic: how hard does gradient clipping bite the multi-exit vs the single-exit model?
 
 For finished runs (their ``results.json`` and final ``model.pt``), replays one local epoch of each
-client's training from the final global model -- same settings, shards and loss as the run -- and
-records the total gradient norm of every step before clipping. Reports, per run, the median norm,
-the share of steps that ``max-grad-norm`` clipped and the mean factor it scaled the step by.
+client's training from the final global model with the app's own ``train_local`` -- same
+settings, shards and loss as the run -- and records the total gradient norm of every step before
+clipping. Reports, per run, the median norm, the share of steps that ``max-grad-norm`` clipped and
+the mean factor it scaled the step by.
 
     python benchmarks/grad_clipping.py results/har/runs/me-seed0 results/har/runs/se-seed0 --json out.json
 """
@@ -11,46 +12,38 @@ the share of steps that ``max-grad-norm`` clipped and the mean factor it scaled 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 from pathlib import Path
 
 import torch
 
-from mefl_app.losses import multi_exit_loss
 from mefl_app.partitions import make_client_shard
 from mefl_app.settings import RunSettings
 from mefl_app.tasks import build_model, load_task_data
+from mefl_app.training import train_local
 
 
 def replay(run_folder: Path) -> dict:
     results_path = next(run_folder.glob("*/results.json"))
     results = json.loads(results_path.read_text())
     settings = RunSettings.from_run_config(results["run_config"])
+    if settings.max_grad_norm <= 0:
+        raise SystemExit(f"{results_path}: the run did not clip gradients (max-grad-norm = 0)")
     torch.set_num_threads(1)
     data = load_task_data(settings)
     final = torch.load(results_path.parent / "model.pt")
     norms: list[float] = []
+    one_epoch = dataclasses.replace(settings, local_epochs=1)
     clients = len(results["partitions"])  # one shard per simulated SuperNode
     for partition in range(clients):
         shard = make_client_shard(data, settings, partition, clients)
         model = build_model(settings, data.num_classes, data.input_shape)
         model.load_state_dict(final)
-        model.train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=settings.learning_rate, momentum=settings.momentum,
-                                    weight_decay=settings.weight_decay)
-        generator = torch.Generator().manual_seed(partition)
-        x, y = shard.train.x, shard.train.y
-        for batch in torch.randperm(len(y), generator=generator).split(settings.batch_size):
-            if len(batch) < 2:
-                continue
-            loss = multi_exit_loss(model(x[batch]), y[batch], distill_weight=settings.distill_weight,
-                                   temperature=settings.distill_temperature, teacher=settings.distill_teacher)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm or float("inf")))
-            norms.append(norm)
-            optimizer.step()
+        torch.manual_seed(partition)  # dropout masks, as the ClientApp seeds them per client
+        train_local(model, shard.train, one_epoch, generator=torch.Generator().manual_seed(partition),
+                    device=torch.device("cpu"), grad_norms=norms)
     limit = settings.max_grad_norm
     return {
         "run": str(results_path),
@@ -58,8 +51,8 @@ def replay(run_folder: Path) -> dict:
         "max_grad_norm": limit,
         "steps": len(norms),
         "median_norm": statistics.median(norms),
-        "share_clipped": sum(n > limit for n in norms) / len(norms) if limit else 0.0,
-        "mean_scale": statistics.fmean(min(1.0, limit / n) for n in norms) if limit else 1.0,
+        "share_clipped": sum(n > limit for n in norms) / len(norms),
+        "mean_scale": statistics.fmean(min(1.0, limit / n) for n in norms),
     }
 
 

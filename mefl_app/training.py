@@ -37,11 +37,14 @@ def train_local(
     generator: torch.Generator,
     device: torch.device,
     proximal_mu: float = 0.0,
+    grad_norms: list[float] | None = None,
 ) -> float:
     """``local-epochs`` epochs of SGD on the summed multi-exit loss; returns the mean batch loss.
 
     ``proximal_mu > 0`` adds FedProx's ``mu/2 * ||w - w_global||^2`` (Li et al., 2020).
     Batches are index slices of in-memory tensors, reshuffled each epoch with ``generator``.
+    ``grad_norms``, if given, receives every step's gradient norm before clipping (diagnostics;
+    needs ``max-grad-norm > 0``).
     """
     model.train()
     optimizer = torch.optim.SGD(
@@ -67,7 +70,9 @@ def train_local(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if settings.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+                if grad_norms is not None:
+                    grad_norms.append(float(norm))
             optimizer.step()
             loss_sum += loss.detach()
             steps += 1

@@ -323,13 +323,7 @@ def _plots(out: Path, runs: dict[str, dict[int, dict[str, Any]]], target: float)
 def write_comparison(folders: Sequence[Path], out_file: Path) -> Path:
     """One row per completed run under ``folders``: strategy, last-round accuracy per exit (all
     three kinds), rounds to target (personalized and central, deepest exit), bytes and wall time."""
-    lines = [f"# Comparison of {len(folders)} run folders", "",
-             f"Written by `python -m mefl_app.experiments compare {' '.join(str(f) for f in folders)} --out {out_file}`"
-             f" on {datetime.now(timezone.utc).isoformat(timespec='seconds')} from these results files; accuracies"
-             " in % after the last round, per exit (shallowest first).", "",
-             "| folder | strategy | variant, seed | rounds | personalized | global model, local test parts | "
-             "central test set | rounds to target, deepest exit (personalized / central) | MB sent | wall minutes |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = []
     for folder in folders:
         for variant, by_seed in sorted(collect(folder).items()):
             for seed, results in sorted(by_seed.items()):
@@ -339,10 +333,17 @@ def write_comparison(folders: Sequence[Path], out_file: Path) -> Path:
                                      for kind in ("personalized", "central"))
                 megabytes = sum(r["bytes_down"] + r["bytes_up"] for r in results["rounds"]) / 1e6
                 minutes = sum(r["seconds"] for r in results["rounds"]) / 60
-                lines.append(f"| {folder.name} | {results['strategy']} | {variant}, {seed} | {len(results['rounds'])} | "
-                             + " | ".join(per_exit) + f" | {reached} | {megabytes:.0f} | {minutes:.1f} |")
-    if len(lines) == 6:
+                rows.append(f"| {folder.name} | {results['strategy']} | {variant}, {seed} | {len(results['rounds'])} | "
+                            + " | ".join(per_exit) + f" | {reached} | {megabytes:.0f} | {minutes:.1f} |")
+    if not rows:
         raise SystemExit(f"no completed results under {', '.join(str(f / 'runs') for f in folders)}")
+    lines = [f"# Comparison of {len(folders)} run folders", "",
+             f"Written by `python -m mefl_app.experiments compare {' '.join(str(f) for f in folders)} --out {out_file}`"
+             f" on {datetime.now(timezone.utc).isoformat(timespec='seconds')} from these results files; accuracies"
+             " in % after the last round, per exit (shallowest first).", "",
+             "| folder | strategy | variant, seed | rounds | personalized | global model, local test parts | "
+             "central test set | rounds to target, deepest exit (personalized / central) | MB sent | wall minutes |",
+             "|---|---|---|---|---|---|---|---|---|---|", *rows]
     out_file.write_text("\n".join(lines) + "\n")
     return out_file
 

@@ -7,8 +7,9 @@
 ``run`` drives the real app through Flower's simulation engine (a private SuperLink, as
 ``flwr run .`` would use) once per (variant, seed): multi-exit and single-exit share the seed and
 the shards (``seed`` and ``partition-seed`` are both set to the seed). A configuration whose
-folder already holds a completed ``results.json`` is skipped, so an interrupted campaign resumes
-where it stopped. ``report`` only reads results files -- it never trains -- and writes
+folder already holds a completed ``results.json`` is skipped, and one whose last attempt stopped
+after some finished rounds is continued from its checkpoint (``resume-from``), so an interrupted
+campaign resumes where it stopped. ``report`` only reads results files -- it never trains -- and writes
 ``report.md`` and PNG plots next to them. ``compare`` puts the final-round accuracies of several
 ``run`` folders (e.g. one per strategy) side by side in one Markdown table, again without training.
 """
@@ -31,6 +32,7 @@ from typing import Any
 from flwr.common.config import parse_config_args
 
 from .results import ACCURACY_KINDS
+from .resume import STATEFUL_STRATEGIES
 from .simulation import RayCluster, SimulationSuperLink
 
 APP_DIR = Path(__file__).resolve().parents[1]
@@ -59,6 +61,18 @@ def completed_results(folder: Path) -> dict[str, Any] | None:
     return None
 
 
+def stopped_attempt(folder: Path, config: dict[str, Any]) -> Path | None:
+    """The newest attempt under ``folder`` that stopped with a checkpoint and can be continued
+    (not for strategies whose server state a checkpoint lacks: those start over)."""
+    if config.get("strategy", "fedavg") in STATEFUL_STRATEGIES or config.get("dp") == "adaptive":
+        return None
+    for path in sorted(folder.glob("*/results.json"), reverse=True):
+        results = json.loads(path.read_text())
+        if results.get("status") != "completed" and results.get("checkpoint"):
+            return path.parent
+    return None
+
+
 def run_campaign(task: str, seeds: Sequence[int], variants: Sequence[str], out: Path, clients: int,
                  run_config: str, cpus_per_client: int, log=print) -> None:
     """ME and SE for every seed; a seed sets both ``seed`` and ``partition-seed``, so the two
@@ -84,7 +98,11 @@ def run_configs(configs: dict[str, dict[str, Any]], out: Path, clients: int, cpu
         for name, config in todo.items():
             folder = out / "runs" / name
             folder.mkdir(parents=True, exist_ok=True)
-            log(f"[experiments] {name}: started {datetime.now(timezone.utc):%H:%M:%S} UTC")
+            stopped = stopped_attempt(folder, config)
+            if stopped is not None:
+                config = {**config, "resume-from": str(stopped.resolve())}
+            log(f"[experiments] {name}: started {datetime.now(timezone.utc):%H:%M:%S} UTC"
+                + (f", continuing {stopped.name}" if stopped else ""))
             started = time.perf_counter()
             with open(folder / "flwr-run.log", "a") as stream:
                 link.run(APP_DIR, {**config, "output-dir": folder.resolve()}, clients,
@@ -260,18 +278,23 @@ def _provenance(out: Path, runs: dict[str, dict[int, dict[str, Any]]]) -> list[s
     lines = ["## Provenance", "", "| run | seeds | rounds | clients | wall time (h, per seed) | started (UTC) | files |", "|---|---|---|---|---|---|---|"]
     for variant, by_seed in sorted(runs.items()):
         first = next(iter(by_seed.values()))
-        walls = ", ".join(f"{r['wall_seconds'] / 3600:.2f}" for r in by_seed.values())
+        walls = ", ".join(f"{r['wall_seconds'] / 3600:.2f}" + ("*" if r.get("resumed") else "") for r in by_seed.values())
         clients = len(first["partitions"])
         files = ", ".join(f"`{Path(r['_path']).relative_to(Path(r['_path']).parents[3])}`" for r in by_seed.values())
         lines.append(f"| {variant} | {', '.join(map(str, sorted(by_seed)))} | {len(first['rounds'])} | {clients} | {walls} | "
                      f"{min(r['started_at'] for r in by_seed.values())} | {files} |")
+    continued = [f"{variant} seed {seed} after round {', '.join(str(c['after_round']) for c in r['resumed'])}"
+                 for variant, by_seed in sorted(runs.items()) for seed, r in sorted(by_seed.items()) if r.get("resumed")]
+    if continued:
+        lines += ["", "\\* continued from its checkpoint after a stop (`resume-from`); the wall time includes the stopped "
+                  "attempt: " + "; ".join(continued) + "."]
     campaign = out / "campaign.json"
     if campaign.exists():
         lines += ["", "Commands (from `campaign.json`):", ""]
         lines += [f"- `{c['command']}` — {c['started_at']} on {c['machine']}" for c in json.loads(campaign.read_text())]
     config = next(iter(next(iter(runs.values())).values()))["run_config"]
     lines += ["", "Run config (shared; `multi-exit`, `seed` and `partition-seed` vary): "
-              + ", ".join(f"`{k}={v}`" for k, v in config.items() if k not in ("multi-exit", "seed", "partition-seed", "output-dir")), ""]
+              + ", ".join(f"`{k}={v}`" for k, v in config.items() if k not in ("multi-exit", "seed", "partition-seed", "output-dir", "resume-from")), ""]
     return lines
 
 

@@ -1,8 +1,9 @@
 """A run's output folder: ``results.json`` rewritten after every round, checkpoints, final model.
 
 The file is replaced atomically, so a run killed at any moment leaves a readable file whose
-``status`` ("running", "completed", "failed") tells whether it finished; only a completed run
-has ``model.pt``.
+``status`` ("running", "completed", "failed") tells whether it finished, and whose
+``checkpoint`` names the global model of the last finished round (``resume-from`` continues
+from it, see resume.py); only a completed run has ``model.pt``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from flwr.app import ArrayRecord
@@ -23,12 +24,21 @@ from logging import INFO, WARNING
 from .metrics import pool, summarize_exits
 from .training import ExitScores
 
+if TYPE_CHECKING:
+    from .resume import ResumePoint
+
 ACCURACY_KINDS = ("personalized", "global_local", "central")
 RESULTS_FILE = "results.json"
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _elapsed_until_last_write(run_dir: Path, results: dict[str, Any]) -> float:
+    """Wall time of a run that was killed: from its start to its last results.json write."""
+    started = datetime.fromisoformat(results["started_at"]).timestamp()
+    return max(0.0, (run_dir / RESULTS_FILE).stat().st_mtime - started)
 
 
 def make_run_dir(output_dir: Path, label: str) -> Path:
@@ -47,11 +57,13 @@ def make_run_dir(output_dir: Path, label: str) -> Path:
 class RunRecorder:
     """Collects per-round metrics, bytes and timings, and keeps ``results.json`` current."""
 
-    def __init__(self, run_dir: Path, header: dict[str, Any], exit_names: list[str], target: float) -> None:
+    def __init__(self, run_dir: Path, header: dict[str, Any], exit_names: list[str], target: float,
+                 resumed: ResumePoint | None = None) -> None:
         self.run_dir = run_dir
         self.exit_names = exit_names
         self.target = target
         self._started = time.monotonic()
+        self._earlier_seconds = 0.0  # wall time of the attempts this run continues
         self._round_started: dict[int, float] = {}
         self.results: dict[str, Any] = {
             "status": "running",
@@ -65,7 +77,25 @@ class RunRecorder:
             "rounds_to_target": {},
             "bytes_to_target": {},
         }
+        if resumed is not None:
+            self._continue(resumed)
         self.write()
+
+    def _continue(self, point: ResumePoint) -> None:
+        """Take over the stopped run's finished rounds and its checkpoint (copied here, so this
+        folder alone can be resumed again)."""
+        before = point.results
+        for key in ("partitions", "initial_central"):
+            self.results[key] = before.get(key, self.results[key])
+        for entry in before["rounds"]:
+            if entry["round"] <= point.server_round and "seconds" in entry:
+                self.results["rounds"].append(entry)
+                self._update_targets(entry)
+        self._earlier_seconds = before.get("wall_seconds") or (
+            before.get("earlier_wall_seconds", 0.0) + _elapsed_until_last_write(point.run_dir, before))
+        self.results["earlier_wall_seconds"] = self._earlier_seconds
+        self.results["resumed"] = [*before.get("resumed", []), {"from": str(point.run_dir), "after_round": point.server_round}]
+        self._save_checkpoint(point.server_round, ArrayRecord(point.state_dict))
 
     # -- per-round collection ------------------------------------------------------------
     def _round(self, server_round: int) -> dict[str, Any]:
@@ -128,14 +158,26 @@ class RunRecorder:
             self._round(server_round)["central"] = summary
 
     # -- end of round ---------------------------------------------------------------------
-    def finish_round(self, server_round: int, num_rounds: int) -> None:
+    def finish_round(self, server_round: int, num_rounds: int, arrays: ArrayRecord | None = None) -> None:
+        """Close the round's record; with ``arrays``, also checkpoint the global model (the
+        previous round's checkpoint is deleted once results.json names the new one)."""
+        previous_checkpoint = self.results.get("checkpoint")
+        if arrays is not None:
+            self._save_checkpoint(server_round, arrays)
         entry = self._round(server_round)
         entry["seconds"] = time.monotonic() - self._round_started.get(server_round, self._started)
         previous = self.results["rounds"][-2]["bytes_cumulative"] if len(self.results["rounds"]) > 1 else 0
         entry["bytes_cumulative"] = previous + entry["bytes_down"] + entry["bytes_up"]
         self._update_targets(entry)
         self.write()
+        if arrays is not None and previous_checkpoint and previous_checkpoint["round"] != server_round:
+            (self.run_dir / previous_checkpoint["file"]).unlink(missing_ok=True)
         log(INFO, "[mefl] %s", self.progress_line(entry, num_rounds))
+
+    def _save_checkpoint(self, server_round: int, arrays: ArrayRecord) -> None:
+        name = f"checkpoint-round{server_round}.pt"
+        self.save_arrays(arrays, name)
+        self.results["checkpoint"] = {"round": server_round, "file": name}
 
     def _update_targets(self, entry: dict[str, Any]) -> None:
         for kind in ACCURACY_KINDS:
@@ -178,7 +220,7 @@ class RunRecorder:
     def _close(self, status: str) -> None:
         self.results["status"] = status
         self.results["finished_at"] = _now()
-        self.results["wall_seconds"] = time.monotonic() - self._started
+        self.results["wall_seconds"] = self._earlier_seconds + time.monotonic() - self._started
         self.write()
 
     def write(self) -> None:

@@ -11,6 +11,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from .grid import PromptGrid
 from .results import RunRecorder, make_run_dir
+from .resume import load_resume_point
 from .settings import RunSettings
 from .partial import PartialAggregation
 from .strategies import PooledTrainMetrics, build_strategy
@@ -30,6 +31,11 @@ def main(grid: Grid, context: Context) -> None:
     data = load_task_data(settings)
     model = initial_model(settings, data.num_classes, data.input_shape)
     device = select_device(settings)
+    resumed = load_resume_point(settings.resume_from, settings) if settings.resume_from else None
+    if resumed is not None:
+        model.load_state_dict(resumed.state_dict)
+        log(INFO, "[mefl] continuing %s after round %d", resumed.run_dir, resumed.server_round)
+    offset = resumed.server_round if resumed else 0
 
     run_dir = make_run_dir(settings.output_path, f"{settings.task}-{'me' if settings.multi_exit else 'se'}-seed{settings.seed}-run{context.run_id}")
     log(INFO, "[mefl] writing results to %s", run_dir)
@@ -47,11 +53,15 @@ def main(grid: Grid, context: Context) -> None:
         },
         exit_names=exit_names(settings),
         target=settings.target,
+        resumed=resumed,
     )
 
     def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         """The global model on the central test set, per exit (not in tuning mode, where the
-        central test set stays unseen); closes the round's record."""
+        central test set stays unseen); closes the round's record and checkpoints the model."""
+        if resumed is not None and server_round == 0:
+            return None  # the stopped run evaluated this model already
+        server_round += offset
         metrics = None
         if settings.validation_fraction == 0:
             model.load_state_dict(arrays.to_torch_state_dict())
@@ -59,8 +69,7 @@ def main(grid: Grid, context: Context) -> None:
             recorder.record_central(server_round, scores)
             metrics = MetricRecord({"accuracy": scores.accuracy, "loss": scores.loss})
         if server_round > 0:
-            recorder.save_arrays(arrays, "checkpoint.pt")
-            recorder.finish_round(server_round, settings.num_server_rounds)
+            recorder.finish_round(server_round, settings.num_server_rounds, arrays)
         return metrics
 
     # Clients at exit level k hold (and send) only these arrays.
@@ -70,10 +79,10 @@ def main(grid: Grid, context: Context) -> None:
     data_config = {"num-classes": data.num_classes, "input-shape": list(data.input_shape)}
     try:
         partial = PartialAggregation(strategy, level_keys, train_metrics)
-        result = TrackingStrategy(partial, recorder, train_metrics, settings.min_train_replies).start(
+        result = TrackingStrategy(partial, recorder, train_metrics, settings.min_train_replies, offset).start(
             grid=PromptGrid(grid, settings.reply_poll_seconds),
             initial_arrays=ArrayRecord(model.state_dict()),
-            num_rounds=settings.num_server_rounds,
+            num_rounds=settings.num_server_rounds - offset,
             timeout=settings.round_timeout,
             train_config=ConfigRecord(dict(data_config)),
             evaluate_config=ConfigRecord(dict(data_config)),

@@ -37,6 +37,7 @@ class RunSettings:
     task: str = "fmnist"
     data_dir: str = "~/.cache/mefl/data"
     output_dir: str = "outputs"
+    resume_from: str = ""
     har_subset: str = "acc"
     # federation
     num_server_rounds: int = 50

@@ -4,7 +4,9 @@
 Flower ``Strategy`` in general) and only observes: bytes of the arrays in every message sent
 and received, which clients replied, and every client's per-exit metrics -- read from ALL
 replies before the inner strategy sees them, so strategies that aggregate a subset (Krum) still
-leave every client's personalized accuracy on record.
+leave every client's personalized accuracy on record. A continued run (``resume-from``) numbers
+its rounds from where the stopped run ended: ``round_offset`` is added to the round that
+Flower's loop counts, for the inner strategy (so clients see the true round) and the record.
 """
 
 from __future__ import annotations
@@ -38,8 +40,10 @@ class TrackingStrategy(Strategy):
         recorder: RunRecorder,
         train_metrics: PooledTrainMetrics | None = None,
         min_train_replies: int = 1,
+        round_offset: int = 0,
     ) -> None:
         self.inner = inner
+        self.round_offset = round_offset
         self.recorder = recorder
         self.min_train_replies = min_train_replies
         self.train_metrics = train_metrics  # tells which replies the inner strategy aggregated
@@ -52,6 +56,7 @@ class TrackingStrategy(Strategy):
         self.inner.summary()
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        server_round += self.round_offset
         self.recorder.round_started(server_round)
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
         self._sent = len(messages)
@@ -59,6 +64,7 @@ class TrackingStrategy(Strategy):
         return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.round_offset
         replies = list(replies)
         ok = self._observe(server_round, "train", replies, "personalized")
         if len(ok) < self.min_train_replies:
@@ -91,12 +97,14 @@ class TrackingStrategy(Strategy):
         return aggregated
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        server_round += self.round_offset
         messages = list(self.inner.configure_evaluate(server_round, arrays, config, grid))
         self._sent = len(messages)
         self.recorder.add_bytes(server_round, down=sum(array_bytes(m.content) for m in messages))
         return messages
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        server_round += self.round_offset
         replies = list(replies)
         self._observe(server_round, "evaluate", replies, "global_local")
         return self.inner.aggregate_evaluate(server_round, replies)

@@ -1,0 +1,118 @@
+"""A stopped run continues from its last finished round (``resume-from``): checkpoints on disk,
+clear refusals, and end-to-end the same round 3 as a run that never stopped."""
+
+import json
+
+import pytest
+import torch
+from flwr.app import ArrayRecord
+
+from conftest import write_idx_fashion_mnist
+from mefl_app import experiments
+from mefl_app.results import RESULTS_FILE, RunRecorder
+from mefl_app.resume import load_resume_point
+from mefl_app.settings import RunSettings, SettingsError
+
+EXITS = ["block1", "block3", "block5"]
+
+
+def arrays(value: float) -> ArrayRecord:
+    return ArrayRecord({"w": torch.full((2, 2), value)})
+
+
+def stopped_run(run_dir, rounds=2, num_rounds=5, **config) -> dict:
+    """A run folder as a run killed during round ``rounds + 1`` leaves it."""
+    settings = RunSettings(num_server_rounds=num_rounds, **config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    recorder = RunRecorder(run_dir, {"run_config": settings.as_run_config()}, EXITS, target=0.5)
+    for r in range(1, rounds + 1):
+        recorder.round_started(r)
+        recorder.add_bytes(r, down=100, up=50)
+        recorder.record_value(r, "central", {e: {"accuracy": 0.3 * r, "loss": 1.0} for e in EXITS})
+        recorder.finish_round(r, num_rounds, arrays(float(r)))
+    recorder.round_started(rounds + 1)  # the round the process died in
+    recorder.add_bytes(rounds + 1, down=100)
+    recorder.write()
+    return json.loads((run_dir / RESULTS_FILE).read_text())
+
+
+def test_each_finished_round_replaces_the_checkpoint(tmp_path):
+    results = stopped_run(tmp_path, rounds=2)
+    assert results["checkpoint"] == {"round": 2, "file": "checkpoint-round2.pt"}
+    assert sorted(p.name for p in tmp_path.glob("checkpoint*")) == ["checkpoint-round2.pt"]
+    assert torch.load(tmp_path / "checkpoint-round2.pt")["w"].eq(2.0).all()
+
+
+def test_resume_point_checks_the_stopped_run(tmp_path):
+    stopped_run(tmp_path / "run", rounds=2, num_rounds=5)
+    point = load_resume_point(tmp_path / "run", RunSettings(num_server_rounds=5))
+    assert point.server_round == 2 and point.state_dict["w"].eq(2.0).all()
+    # Longer (or differently placed) continuations are fine.
+    load_resume_point(tmp_path / "run", RunSettings(num_server_rounds=9, output_dir="elsewhere"))
+
+    refusals = {
+        "no results.json": (tmp_path / "nothing", RunSettings()),
+        "already has 2 rounds": (tmp_path / "run", RunSettings(num_server_rounds=2)),
+        "keeps server state": (tmp_path / "run", RunSettings(num_server_rounds=5, strategy="fedadam")),
+        "learning-rate: 0.01 there, 0.1 here": (tmp_path / "run", RunSettings(num_server_rounds=5, learning_rate=0.1)),
+    }
+    for message, (run_dir, settings) in refusals.items():
+        with pytest.raises(SettingsError, match=message):
+            load_resume_point(run_dir, settings)
+
+    stopped_run(tmp_path / "early", rounds=0)
+    with pytest.raises(SettingsError, match="no finished round"):
+        load_resume_point(tmp_path / "early", RunSettings())
+
+
+def test_continuation_takes_over_finished_rounds_only(tmp_path):
+    before = stopped_run(tmp_path / "old", rounds=2, num_rounds=5)
+    point = load_resume_point(tmp_path / "old", RunSettings(num_server_rounds=5))
+    (tmp_path / "new").mkdir()
+    recorder = RunRecorder(tmp_path / "new", {}, EXITS, target=0.5, resumed=point)
+    after = recorder.results
+    assert [r["round"] for r in after["rounds"]] == [1, 2]  # the unfinished round 3 is dropped
+    assert after["rounds"] == before["rounds"][:2]
+    assert after["rounds_to_target"]["central"]["block1"] == 2  # 0.6 >= 0.5 first in round 2
+    assert after["resumed"] == [{"from": str((tmp_path / "old").resolve()), "after_round": 2}]
+    assert after["earlier_wall_seconds"] >= 0
+    # The new folder can be continued on its own: it holds the checkpoint it started from.
+    assert after["checkpoint"] == {"round": 2, "file": "checkpoint-round2.pt"}
+    assert torch.load(tmp_path / "new" / "checkpoint-round2.pt")["w"].eq(2.0).all()
+    recorder.round_started(3)
+    recorder.add_bytes(3, down=10)
+    recorder.finish_round(3, 5, arrays(3.0))
+    assert after["rounds"][-1]["bytes_cumulative"] == before["rounds"][1]["bytes_cumulative"] + 10
+    assert sorted(p.name for p in (tmp_path / "new").glob("checkpoint*")) == ["checkpoint-round3.pt"]
+
+
+@pytest.mark.e2e
+def test_experiments_continue_a_stopped_run_to_the_same_result(tmp_path):
+    """Simulation engine: a run stopped after round 2 of 3 and continued by ``experiments`` ends
+    where an uninterrupted run ends."""
+    data = write_idx_fashion_mnist(tmp_path / "data", n_train=300, n_test=60)
+    base = {"task": "fmnist", "data-dir": str(data), "local-epochs": 1, "min-partition-size": 10,
+            "seed": 0, "partition-seed": 0, "num-server-rounds": 3}
+    out = tmp_path / "campaign"
+    experiments.run_configs({"whole": base, "stopped": {**base, "num-server-rounds": 2}}, out, clients=3, cpus_per_client=1)
+    whole = experiments.completed_results(out / "runs" / "whole")
+    first = experiments.completed_results(out / "runs" / "stopped")
+    # Make the 2-round run look killed in round 3 of 3: no final model, status still "running".
+    path = out / "runs" / "stopped" / first["_path"].split("/")[-2]
+    (path / "model.pt").unlink()
+    killed = {k: v for k, v in first.items() if k not in ("_path", "finished_at", "wall_seconds")}
+    (path / RESULTS_FILE).write_text(json.dumps({**killed, "status": "running"}))
+
+    experiments.run_configs({"stopped": base}, out, clients=3, cpus_per_client=1)
+    continued = experiments.completed_results(out / "runs" / "stopped")
+    assert continued["_path"] != first["_path"]  # a fresh attempt folder; the stopped one is kept
+    assert continued["resumed"] == [{"from": str(path.resolve()), "after_round": 2}]
+    assert [r["round"] for r in continued["rounds"]] == [1, 2, 3]
+    assert continued["rounds"][:2] == first["rounds"]
+    # Round 3 trains from the same model with the same per-round seeds; only the float summation
+    # order of the aggregate (reply order) may differ.
+    for kind in ("personalized", "global_local", "central"):
+        for exit_name in EXITS:
+            assert continued["rounds"][2][kind][exit_name]["accuracy"] == pytest.approx(
+                whole["rounds"][2][kind][exit_name]["accuracy"], abs=0.02)
+    assert continued["rounds"][2]["bytes_cumulative"] == whole["rounds"][2]["bytes_cumulative"]

@@ -22,7 +22,7 @@ SHAPES = {"fmnist": ((1, 28, 28), 10), "har": ((151, 3), 12)}
 
 
 def make_step(task: str, variant: str, batch: int):
-    settings = RunSettings(task=task)
+    settings = RunSettings(task=task, channels_last=False)  # the variant decides the layout
     shape, classes = SHAPES[task]
     torch.manual_seed(0)
     model = build_model(settings, classes, shape)

@@ -210,8 +210,15 @@ class RunRecorder:
         return path
 
     def complete(self, final_arrays: ArrayRecord) -> None:
+        """Save the final model; it is also the last round's checkpoint (a longer run can
+        continue from it), so the round-numbered copy goes."""
         self.save_arrays(final_arrays, "model.pt")
+        checkpoint = self.results.get("checkpoint")
+        if checkpoint:
+            self.results["checkpoint"] = {"round": checkpoint["round"], "file": "model.pt"}
         self._close("completed")
+        if checkpoint:
+            (self.run_dir / checkpoint["file"]).unlink(missing_ok=True)
 
     def fail(self, error: BaseException) -> None:
         self.results["error"] = "".join(traceback.format_exception_only(type(error), error)).strip()

@@ -27,7 +27,7 @@ STATEFUL_STRATEGIES = ("fedavgm", "fedadam", "fedyogi", "fedadagrad")
 # Settings that may change between the stopped run and its continuation: they do not change
 # what is trained (or, for num-server-rounds, only how long).
 MAY_DIFFER = ("num-server-rounds", "output-dir", "resume-from", "data-dir", "round-timeout",
-              "reply-poll-seconds", "device", "torch-threads", "eval-batch-size")
+              "reply-poll-seconds", "device", "torch-threads", "channels-last", "eval-batch-size")
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,7 @@ class RunSettings:
     # execution
     device: str = "auto"
     torch_threads: int = 1
+    channels_last: bool = True
     eval_batch_size: int = 1000
 
     @classmethod

@@ -27,11 +27,14 @@ def build_model(settings: RunSettings, num_classes: int, input_shape: tuple[int,
     """The task's multi-exit model (or its single-exit baseline with ``multi-exit = false``).
 
     ``level = k`` builds only the front of it: the layers up to exit k and exits 1..k, whose
-    parameter names are exactly the full model's names for those parts."""
+    parameter names are exactly the full model's names for those parts. ``channels-last`` stores
+    the ResNet's convolution weights NHWC, which oneDNN's CPU convolutions run faster (measured
+    in benchmarks/RESULTS.md); state dicts keep their names, shapes and values."""
     exits = settings.exit_blocks[:level]
     if settings.task == "har":
         return MultiExitLSTM(num_classes, input_size=input_shape[-1], hidden_size=settings.hidden_size, exit_after=exits)
-    return MultiExitResNet(num_classes, in_channels=input_shape[0], exit_after=exits, norm=settings.norm)
+    model = MultiExitResNet(num_classes, in_channels=input_shape[0], exit_after=exits, norm=settings.norm)
+    return model.to(memory_format=torch.channels_last) if settings.channels_last else model
 
 
 @functools.lru_cache(maxsize=8)

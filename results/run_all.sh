@@ -31,8 +31,10 @@ commit() {  # commit a results folder (retrying while another git command holds 
 campaign() {  # task, out, seeds..., then --run-config value
     local task=$1 out=$2 config=$3; shift 3
     for seed in "$@"; do
-        python -m mefl_app.experiments run --task "$task" --seeds "$seed" --out "$OUT_REPO/$out" --run-config "$config"
-        commit "$out" "results: $task campaign, seed $seed (ME and SE, 24 clients, 50 rounds)"
+        for variant in me se; do  # one run at a time, committed as soon as it is done
+            python -m mefl_app.experiments run --task "$task" --seeds "$seed" --variants "$variant" --out "$OUT_REPO/$out" --run-config "$config"
+            commit "$out" "results: $task campaign, $variant seed $seed (24 clients, 50 rounds, 5 local epochs)"
+        done
     done
 }
 

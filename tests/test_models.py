@@ -73,3 +73,25 @@ def test_exit_head_is_pool_flatten_dropout_linear():
     head = MultiExitResNet().exits[0]
     assert [type(m).__name__ for m in head] == ["AdaptiveAvgPool2d", "Flatten", "Dropout", "Linear"]
     assert head[2].p == 0.5
+
+
+def test_channels_last_changes_the_layout_not_the_model():
+    """The ``channels-last`` setting: same state dict (names, shapes, values), same outputs, and
+    its arrays load into a default-layout model and back."""
+    from flwr.app import ArrayRecord
+
+    from mefl_app.settings import RunSettings
+    from mefl_app.tasks import initial_model
+
+    nhwc = initial_model(RunSettings(channels_last=True), 10, (1, 28, 28)).eval()
+    nchw = initial_model(RunSettings(channels_last=False), 10, (1, 28, 28)).eval()
+    assert nhwc.blocks[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not nchw.blocks[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    a, b = nhwc.state_dict(), nchw.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    x = torch.randn(8, 1, 28, 28)
+    with torch.no_grad():
+        for za, zb in zip(nhwc(x), nchw(x)):
+            torch.testing.assert_close(za, zb, rtol=1e-4, atol=1e-5)
+    nchw.load_state_dict(ArrayRecord(a).to_torch_state_dict())
+    assert all(torch.equal(v, a[k]) for k, v in nchw.state_dict().items())

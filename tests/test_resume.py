@@ -2,6 +2,7 @@
 clear refusals, and end-to-end the same round 3 as a run that never stopped."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -99,9 +100,10 @@ def test_experiments_continue_a_stopped_run_to_the_same_result(tmp_path):
     first = experiments.completed_results(out / "runs" / "stopped")
     # Make the 2-round run look killed in round 3 of 3: no final model, status still "running".
     path = out / "runs" / "stopped" / first["_path"].split("/")[-2]
-    (path / "model.pt").unlink()
+    (path / "model.pt").rename(path / "checkpoint-round2.pt")
     killed = {k: v for k, v in first.items() if k not in ("_path", "finished_at", "wall_seconds")}
-    (path / RESULTS_FILE).write_text(json.dumps({**killed, "status": "running"}))
+    killed.update(status="running", checkpoint={"round": 2, "file": "checkpoint-round2.pt"})
+    (path / RESULTS_FILE).write_text(json.dumps(killed))
 
     experiments.run_configs({"stopped": base}, out, clients=3, cpus_per_client=1)
     continued = experiments.completed_results(out / "runs" / "stopped")
@@ -116,3 +118,18 @@ def test_experiments_continue_a_stopped_run_to_the_same_result(tmp_path):
             assert continued["rounds"][2][kind][exit_name]["accuracy"] == pytest.approx(
                 whole["rounds"][2][kind][exit_name]["accuracy"], abs=0.02)
     assert continued["rounds"][2]["bytes_cumulative"] == whole["rounds"][2]["bytes_cumulative"]
+    finished = Path(continued["_path"]).parent
+    assert sorted(p.name for p in finished.glob("*.pt")) == ["model.pt"] and continued["checkpoint"]["round"] == 3
+
+
+def test_a_completed_run_keeps_one_copy_of_its_final_model_and_can_be_extended(tmp_path):
+    (tmp_path / "done").mkdir()
+    settings = RunSettings(num_server_rounds=1)
+    recorder = RunRecorder(tmp_path / "done", {"run_config": settings.as_run_config()}, EXITS, target=0.5)
+    recorder.round_started(1)
+    recorder.finish_round(1, 1, arrays(1.0))
+    recorder.complete(arrays(1.0))
+    assert sorted(p.name for p in (tmp_path / "done").glob("*.pt")) == ["model.pt"]
+    assert recorder.results["checkpoint"] == {"round": 1, "file": "model.pt"}
+    point = load_resume_point(tmp_path / "done", RunSettings(num_server_rounds=4))
+    assert point.server_round == 1 and point.state_dict["w"].eq(1.0).all()

@@ -8,8 +8,8 @@
 ``flwr run .`` would use) once per (variant, seed): multi-exit and single-exit share the seed and
 the shards (``seed`` and ``partition-seed`` are both set to the seed). A configuration whose
 folder already holds a completed ``results.json`` is skipped, and one whose last attempt stopped
-after some finished rounds is continued from its checkpoint (``resume-from``), so an interrupted
-campaign resumes where it stopped. ``report`` only reads results files -- it never trains -- and writes
+after some finished rounds (or completed fewer rounds than now asked for) is continued from its
+checkpoint (``resume-from``), so an interrupted campaign resumes where it stopped. ``report`` only reads results files -- it never trains -- and writes
 ``report.md`` and PNG plots next to them. ``compare`` puts the final-round accuracies of several
 ``run`` folders (e.g. one per strategy) side by side in one Markdown table, again without training.
 """
@@ -32,7 +32,8 @@ from typing import Any
 from flwr.common.config import parse_config_args
 
 from .results import ACCURACY_KINDS
-from .resume import STATEFUL_STRATEGIES
+from .resume import STATEFUL_STRATEGIES, checkpoint_of
+from .settings import RunSettings
 from .simulation import RayCluster, SimulationSuperLink
 
 APP_DIR = Path(__file__).resolve().parents[1]
@@ -61,14 +62,25 @@ def completed_results(folder: Path) -> dict[str, Any] | None:
     return None
 
 
+def rounds_wanted(config: dict[str, Any]) -> int:
+    return int(config.get("num-server-rounds", RunSettings.num_server_rounds))
+
+
+def is_done(folder: Path, config: dict[str, Any]) -> bool:
+    """A completed run with at least the configuration's rounds exists under ``folder``."""
+    results = completed_results(folder)
+    return results is not None and len(results["rounds"]) >= rounds_wanted(config)
+
+
 def stopped_attempt(folder: Path, config: dict[str, Any]) -> Path | None:
-    """The newest attempt under ``folder`` that stopped with a checkpoint and can be continued
-    (not for strategies whose server state a checkpoint lacks: those start over)."""
+    """The newest attempt under ``folder`` with a checkpoint short of the configuration's rounds
+    -- stopped, or completed with fewer rounds -- to continue instead of starting over (not for
+    strategies whose server state a checkpoint lacks)."""
     if config.get("strategy", "fedavg") in STATEFUL_STRATEGIES or config.get("dp") == "adaptive":
         return None
     for path in sorted(folder.glob("*/results.json"), reverse=True):
-        results = json.loads(path.read_text())
-        if results.get("status") != "completed" and results.get("checkpoint"):
+        checkpoint = checkpoint_of(path.parent, json.loads(path.read_text()))
+        if checkpoint and checkpoint["round"] < rounds_wanted(config):
             return path.parent
     return None
 
@@ -84,8 +96,9 @@ def run_campaign(task: str, seeds: Sequence[int], variants: Sequence[str], out: 
 
 
 def run_configs(configs: dict[str, dict[str, Any]], out: Path, clients: int, cpus_per_client: int, log=print) -> None:
-    """Run every named configuration whose folder ``out/runs/<name>`` has no completed results."""
-    todo = {name: config for name, config in configs.items() if completed_results(out / "runs" / name) is None}
+    """Run every named configuration whose folder ``out/runs/<name>`` has no completed results
+    with its rounds; continue a stopped (or shorter) attempt where there is one."""
+    todo = {name: config for name, config in configs.items() if not is_done(out / "runs" / name, config)}
     log(f"[experiments] {len(todo)} run(s) to do, {len(configs) - len(todo)} already completed")
     if not todo:
         return

@@ -38,6 +38,16 @@ class ResumePoint:
     results: dict[str, Any]  # the stopped run's results.json
 
 
+def checkpoint_of(run_dir: Path, results: dict[str, Any]) -> dict[str, Any] | None:
+    """``{"round", "file"}`` of the model a run can be continued from, or None. Completed runs
+    written before checkpoints were named in results.json continue from their ``model.pt``."""
+    if results.get("checkpoint"):
+        return results["checkpoint"]
+    if results.get("status") == "completed" and (run_dir / "model.pt").is_file():
+        return {"round": len(results["rounds"]), "file": "model.pt"}
+    return None
+
+
 def load_resume_point(run_dir: str | Path, settings: RunSettings) -> ResumePoint:
     """The stopped run in ``run_dir``, checked against ``settings``; a clear error if it
     cannot be continued with them."""
@@ -46,7 +56,7 @@ def load_resume_point(run_dir: str | Path, settings: RunSettings) -> ResumePoint
     if not path.is_file():
         raise SettingsError(f"resume-from: no {RESULTS_FILE} in {run_dir}")
     results = json.loads(path.read_text())
-    checkpoint = results.get("checkpoint")
+    checkpoint = checkpoint_of(run_dir, results)
     if not checkpoint:
         raise SettingsError(f"resume-from: {run_dir} has no finished round to continue from")
     server_round = int(checkpoint["round"])

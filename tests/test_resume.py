@@ -133,3 +133,23 @@ def test_a_completed_run_keeps_one_copy_of_its_final_model_and_can_be_extended(t
     assert recorder.results["checkpoint"] == {"round": 1, "file": "model.pt"}
     point = load_resume_point(tmp_path / "done", RunSettings(num_server_rounds=4))
     assert point.server_round == 1 and point.state_dict["w"].eq(1.0).all()
+
+
+def test_experiments_pick_the_attempt_to_continue(tmp_path):
+    """Stopped runs and completed runs shorter than asked for are continued; runs with enough
+    rounds are done; stateful strategies start over. Completed runs from before checkpoints were
+    named in results.json continue from model.pt."""
+    folder = tmp_path / "runs" / "me-seed0"
+    stopped_run(folder / "20261127-000000-a", rounds=2, num_rounds=5)
+    assert experiments.stopped_attempt(folder, {"num-server-rounds": 5}) == folder / "20261127-000000-a"
+    assert experiments.stopped_attempt(folder, {"num-server-rounds": 2}) is None
+    assert experiments.stopped_attempt(folder, {"num-server-rounds": 5, "strategy": "fedadam"}) is None
+    assert not experiments.is_done(folder, {"num-server-rounds": 2})  # nothing completed yet
+
+    old = folder / "20261127-000001-b"  # completed, 3 rounds, old format: no "checkpoint" key
+    old.mkdir()
+    (old / RESULTS_FILE).write_text(json.dumps({"status": "completed", "rounds": [{"round": r} for r in (1, 2, 3)]}))
+    torch.save({"w": torch.zeros(1)}, old / "model.pt")
+    assert experiments.is_done(folder, {"num-server-rounds": 3})
+    assert not experiments.is_done(folder, {"num-server-rounds": 4})
+    assert experiments.stopped_attempt(folder, {"num-server-rounds": 4}) == old  # the newest attempt

@@ -8,13 +8,15 @@ those arrays.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
+from torch import nn
 from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from . import metrics
-from .partitions import label_counts
+from .partitions import ClientShard, label_counts
 from .settings import RunSettings
 from .tasks import build_model, exit_level, load_client_shard, model_costs
 from .training import apply_thread_setting, evaluate_exits, select_device, train_local
@@ -22,8 +24,22 @@ from .training import apply_thread_setting, evaluate_exits, select_device, train
 app = ClientApp()
 
 
-def _prepare(msg: Message, context: Context):
-    """Settings, shard, exit level, device and this client's part of the global model."""
+@dataclass(frozen=True)
+class LocalSetup:
+    """What one message needs: settings, this node's shard and exit level, and its part of the
+    received global model, on the training device."""
+
+    settings: RunSettings
+    shard: ClientShard
+    level: int
+    device: torch.device
+    model: nn.Module
+    num_classes: int
+    forward_mflops: list[float]  # per exit, one sample
+    train_mflops_per_sample: float
+
+
+def _prepare(msg: Message, context: Context) -> LocalSetup:
     settings = RunSettings.from_run_config(context.run_config)
     apply_thread_setting(settings)
     config = msg.content["config"]
@@ -37,15 +53,16 @@ def _prepare(msg: Message, context: Context):
     received = msg.content["arrays"].to_torch_state_dict()
     model.load_state_dict({name: received[name] for name in model.state_dict()})  # exits 1..level only
     forward_mflops, train_mflops_per_sample = model_costs(settings, num_classes, input_shape, level)
-    return settings, shard, level, device, model.to(device), num_classes, forward_mflops, train_mflops_per_sample
+    return LocalSetup(settings, shard, level, device, model.to(device), num_classes, forward_mflops, train_mflops_per_sample)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the global model locally, then score THIS locally trained model on the local test
     part, per exit: the personalized accuracy."""
-    settings, shard, level, device, model, num_classes, forward_mflops, train_mflops = _prepare(msg, context)
-    trains = settings.exit_training == "partial" or level == len(settings.exit_blocks)
+    local = _prepare(msg, context)
+    settings, shard, model = local.settings, local.shard, local.model
+    trains = settings.exit_training == "partial" or local.level == len(settings.exit_blocks)
     server_round = int(msg.content["config"]["server-round"])
     # One seed per (run seed, round, client): batch order and dropout repeat exactly.
     seed = settings.seed * 1_000_003 + server_round * 1_009 + shard.partition_id
@@ -56,18 +73,18 @@ def train(msg: Message, context: Context) -> Message:
         train_loss = train_local(
             model, shard.train, settings,
             generator=torch.Generator().manual_seed(seed),
-            device=device,
+            device=local.device,
             proximal_mu=float(msg.content["config"].get("proximal-mu", 0.0)),
         )
     train_seconds = time.perf_counter() - started
-    scores = evaluate_exits(model, shard.test, batch_size=settings.eval_batch_size, device=device,
-                            thresholds=settings.thresholds, exit_mflops=forward_mflops)
+    scores = evaluate_exits(model, shard.test, batch_size=settings.eval_batch_size, device=local.device,
+                            thresholds=settings.thresholds, exit_mflops=local.forward_mflops)
     samples = len(shard.train) * settings.local_epochs if trains else 0
     record = metrics.scores_record(
         shard.partition_id, len(shard.train) if trains else 0, scores,
         **{metrics.TRAIN_LOSS: train_loss, metrics.TRAIN_SECONDS: train_seconds,
-           metrics.TRAIN_MFLOPS: samples * train_mflops,
-           metrics.LABEL_COUNTS: label_counts(shard.train.y, num_classes)},
+           metrics.TRAIN_MFLOPS: samples * local.train_mflops_per_sample,
+           metrics.LABEL_COUNTS: label_counts(shard.train.y, local.num_classes)},
     )
     # A client left out of training (exclusive mode) uploads no arrays at all.
     arrays = ArrayRecord(model.to("cpu").state_dict()) if trains else ArrayRecord()
@@ -78,8 +95,8 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Score the received global model (up to this client's exit level) on the local test part,
     per exit and under the early-exit policy."""
-    settings, shard, _, device, model, _, forward_mflops, _ = _prepare(msg, context)
-    scores = evaluate_exits(model, shard.test, batch_size=settings.eval_batch_size, device=device,
-                            thresholds=settings.thresholds, exit_mflops=forward_mflops)
-    record = metrics.scores_record(shard.partition_id, len(shard.test), scores)
+    local = _prepare(msg, context)
+    scores = evaluate_exits(local.model, local.shard.test, batch_size=local.settings.eval_batch_size, device=local.device,
+                            thresholds=local.settings.thresholds, exit_mflops=local.forward_mflops)
+    record = metrics.scores_record(local.shard.partition_id, len(local.shard.test), scores)
     return Message(RecordDict({"metrics": record}), reply_to=msg)

@@ -141,6 +141,7 @@ def evaluate_exits(
     model.eval()
     correct = loss_sum = early_correct = None
     early_mflops = [0.0] * len(thresholds)
+    cost = torch.tensor(list(exit_mflops), dtype=torch.float64, device=device)  # per exit
     for start in range(0, len(data), batch_size):
         x = data.x[start : start + batch_size].to(device)
         y = data.y[start : start + batch_size].to(device)
@@ -153,8 +154,7 @@ def evaluate_exits(
             chosen = torch.stack([first_confident_exit(logits, t) for t in thresholds])  # thresholds x batch
             batch_early = hits.gather(0, chosen).sum(dim=1)
             early_correct = batch_early if early_correct is None else early_correct + batch_early
-            cost = torch.tensor(list(exit_mflops[: len(logits)]), dtype=torch.float64, device=chosen.device)
-            for i, used in enumerate(cost[chosen].sum(dim=1).tolist()):
+            for i, used in enumerate(cost[: len(logits)][chosen].sum(dim=1).tolist()):
                 early_mflops[i] += used
     exits = len(correct)
     return ExitScores(correct.tolist(), loss_sum.tolist(), [len(data)] * exits,

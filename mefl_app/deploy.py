@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from .certificates import NodeKeys, ServerCertificates, make_node_keys, make_server_certificates
-from .processes import BIN, ManagedProcess, flwr_bin, free_port, port_is_bound, run_config_arg, stop_processes
+from .processes import (BIN, ManagedProcess, flwr_bin, free_port, interrupt_on_termination, port_is_bound,
+                        run_config_arg, stop_processes)
 
 CONNECTION = "mefl-local"
 DEFAULT_APP_DIR = Path(__file__).resolve().parents[1]
@@ -371,10 +372,6 @@ class LocalDeployment:
 
 
 # -- command line ---------------------------------------------------------------------------
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def _node_config(index: int, num_nodes: int, shards: Path | None) -> str:
     if shards is None:
         return f"partition-id={index} num-partitions={num_nodes}"
@@ -433,8 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{bar}\n!! INSECURE: no TLS and no SuperNode authentication. Traffic is plain HTTP and any\n"
               f"!! process that reaches the port can join as a SuperNode. Local quick look only.\n{bar}", flush=True)
 
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _raise_interrupt)
+    interrupt_on_termination()
     deployment = LocalDeployment(workdir, app_dir, secure=not args.insecure, port=args.port, echo=True,
                                  timestamps=args.timestamps)
     try:

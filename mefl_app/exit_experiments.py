@@ -18,6 +18,7 @@ from typing import Any
 from flwr.common.config import parse_config_args
 
 from .experiments import completed_results, run_configs
+from .processes import interrupt_on_termination
 
 CONFIGS = {
     "all-deep": ("all clients at the deepest exit", {"exit-profile": ""}),
@@ -123,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     report.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.command == "run":
+        interrupt_on_termination()  # `kill` stops the Ray cluster and SuperLink too
         run_configs(configs_for(args.task, args.rounds, args.clients, args.run_config), args.out, args.clients, args.cpus_per_client)
     print(f"report: {write_report(args.out)}")
 

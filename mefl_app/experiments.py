@@ -32,6 +32,7 @@ from typing import Any
 from flwr.common.config import parse_config_args
 
 from .results import ACCURACY_KINDS
+from .processes import interrupt_on_termination
 from .resume import STATEFUL_STRATEGIES, checkpoint_of
 from .settings import RunSettings
 from .simulation import RayCluster, SimulationSuperLink
@@ -405,6 +406,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"comparison: {write_comparison(args.folders, args.out)}")
         return
     if args.command == "run":
+        interrupt_on_termination()  # `kill` stops the campaign's Ray cluster and SuperLink too
         run_campaign(args.task, args.seeds, args.variants, args.out, args.clients, args.run_config, args.cpus_per_client)
     print(f"report: {write_report(args.out)}")
 

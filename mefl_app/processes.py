@@ -179,3 +179,14 @@ def stop_processes(processes: list[ManagedProcess], grace: float = 10.0, first: 
             proc.popen.wait(timeout=5)
         if proc.log is not None and not proc.log.closed:
             proc.log.close()
+
+
+def interrupt_on_termination() -> None:
+    """Turn SIGTERM and SIGHUP into KeyboardInterrupt, so that a command stopped by ``kill`` or a
+    closed terminal unwinds like Ctrl-C and its ``with`` blocks stop the processes they started
+    (Python's default for SIGTERM exits at once and would orphan them)."""
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupt)

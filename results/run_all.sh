@@ -78,4 +78,9 @@ TUNE="data-dir='$HAPT_DIR' learning-rate=0.05 validation-fraction=0.2 num-server
 python -m mefl_app.experiments run --task har --seeds 0 --out "$OUT_REPO/results/har-tuning/clip1" --run-config "$TUNE max-grad-norm=1.0"
 python -m mefl_app.experiments run --task har --seeds 0 --variants me --out "$OUT_REPO/results/har-tuning/clip3" --run-config "$TUNE max-grad-norm=3.0"
 commit results/har-tuning "results: HAR clipping check on validation data"
+# The same three runs extended to the study's 50 rounds (continued from their round-15 models).
+TUNE50="data-dir='$HAPT_DIR' learning-rate=0.05 validation-fraction=0.2 num-server-rounds=50"
+python -m mefl_app.experiments run --task har --seeds 0 --out "$OUT_REPO/results/har-tuning/clip1" --run-config "$TUNE50 max-grad-norm=1.0"
+python -m mefl_app.experiments run --task har --seeds 0 --variants me --out "$OUT_REPO/results/har-tuning/clip3" --run-config "$TUNE50 max-grad-norm=3.0"
+commit results/har-tuning "results: HAR clipping check on validation data, extended to 50 rounds"
 campaign fmnist results/fmnist "data-dir='$FMNIST_DIR'" 0 1 2

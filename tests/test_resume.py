@@ -2,14 +2,19 @@
 clear refusals, and end-to-end the same round 3 as a run that never stopped."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from flwr.app import ArrayRecord
 
-from conftest import write_idx_fashion_mnist
+from conftest import REPO, write_idx_fashion_mnist
 from mefl_app import experiments
+from mefl_app.processes import descendants, process_alive
 from mefl_app.results import RESULTS_FILE, RunRecorder
 from mefl_app.resume import load_resume_point
 from mefl_app.settings import RunSettings, SettingsError
@@ -153,3 +158,40 @@ def test_experiments_pick_the_attempt_to_continue(tmp_path):
     assert experiments.is_done(folder, {"num-server-rounds": 3})
     assert not experiments.is_done(folder, {"num-server-rounds": 4})
     assert experiments.stopped_attempt(folder, {"num-server-rounds": 4}) == old  # the newest attempt
+
+
+@pytest.mark.e2e
+def test_a_killed_campaign_leaves_no_processes_and_continues(tmp_path):
+    """Real processes: `kill` (SIGTERM) the experiment command after its first finished round;
+    its SuperLink, Ray cluster and client actors stop with it, and the same command run again
+    continues the stopped run instead of starting over."""
+    data = write_idx_fashion_mnist(tmp_path / "data", n_train=300, n_test=60)
+    out = tmp_path / "campaign"
+    command = [sys.executable, "-m", "mefl_app.experiments", "run", "--task", "fmnist", "--seeds", "0",
+               "--variants", "me", "--clients", "3", "--out", str(out), "--run-config",
+               f"data-dir='{data}' num-server-rounds=15 local-epochs=1 min-partition-size=10"]
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    started, seen = time.monotonic(), {}
+    try:
+        while not any(json.loads(p.read_text()).get("checkpoint") for p in out.glob("runs/me-seed0/*/results.json")):
+            assert proc.poll() is None and time.monotonic() - started < 300, "no round finished"
+            seen.update(descendants([proc.pid]))
+            time.sleep(0.2)
+        seen.update(descendants([proc.pid]))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) != 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.monotonic() + 60
+    while any(process_alive(pid, start) for pid, start in seen.items()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert len(seen) > 3  # the SuperLink, Ray's daemons and actors were found ...
+    assert not [pid for pid, start in seen.items() if process_alive(pid, start)]  # ... and are gone
+    stopped = json.loads(next(out.glob("runs/me-seed0/*/results.json")).read_text())
+    assert stopped["status"] != "completed" and stopped["checkpoint"]["round"] >= 1
+
+    subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+    continued = experiments.completed_results(out / "runs" / "me-seed0")
+    assert [r["round"] for r in continued["rounds"]] == list(range(1, 16))
+    assert continued["resumed"][0]["after_round"] == stopped["checkpoint"]["round"]

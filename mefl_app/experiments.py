@@ -9,8 +9,8 @@
 the shards (``seed`` and ``partition-seed`` are both set to the seed). A configuration whose
 folder already holds a completed ``results.json`` is skipped, and one whose last attempt stopped
 after some finished rounds (or completed fewer rounds than now asked for) is continued from its
-checkpoint (``resume-from``), so an interrupted campaign resumes where it stopped. ``report`` only reads results files -- it never trains -- and writes
-``report.md`` and PNG plots next to them. ``compare`` puts the final-round accuracies of several
+checkpoint (``resume-from``), so an interrupted campaign resumes where it stopped. ``report``
+only reads results files -- it never trains -- and writes ``report.md`` and PNG plots next to them. ``compare`` puts the final-round accuracies of several
 ``run`` folders (e.g. one per strategy) side by side in one Markdown table, again without training.
 """
 
@@ -31,8 +31,8 @@ from typing import Any
 
 from flwr.common.config import parse_config_args
 
-from .results import ACCURACY_KINDS
 from .processes import interrupt_on_termination
+from .results import ACCURACY_KINDS
 from .resume import STATEFUL_STRATEGIES, checkpoint_of
 from .settings import RunSettings
 from .simulation import RayCluster, SimulationSuperLink

@@ -10,8 +10,9 @@ the shards (``seed`` and ``partition-seed`` are both set to the seed). A configu
 folder already holds a completed ``results.json`` is skipped, and one whose last attempt stopped
 after some finished rounds (or completed fewer rounds than now asked for) is continued from its
 checkpoint (``resume-from``), so an interrupted campaign resumes where it stopped. ``report``
-only reads results files -- it never trains -- and writes ``report.md`` and PNG plots next to them. ``compare`` puts the final-round accuracies of several
-``run`` folders (e.g. one per strategy) side by side in one Markdown table, again without training.
+only reads results files -- it never trains -- and writes ``report.md`` and PNG plots next to them.
+``compare`` puts the final-round accuracies of several ``run`` folders (e.g. one per strategy)
+side by side in one Markdown table, again without training.
 """
 
 from __future__ import annotations

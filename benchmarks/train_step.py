@@ -1,6 +1,7 @@
 """Micro-benchmark of one client's local training step: eager vs channels-last vs torch.compile vs
-bfloat16 autocast (AMX on recent Xeons), 1 vs 2 torch threads, for the default models. Variants are interleaved over several repeats
-(these machines are noisy) and reported as the median ratio to plain eager in the same run.
+bfloat16 autocast (AMX on recent Xeons), 1 vs 2 torch threads, for the default models. Variants
+are interleaved over several repeats (these machines are noisy) and reported as the median ratio
+to plain eager in the same run.
 
     python benchmarks/train_step.py --task fmnist --repeats 5
     python benchmarks/train_step.py --task fmnist --profile     # where one eager step's time goes
@@ -32,10 +33,10 @@ def make_step(task: str, variant: str, batch: int):
     forward = torch.compile(model) if "compile" in variant else model
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
 
-    precision = torch.bfloat16 if "bf16" in variant else None
+    bf16 = "bf16" in variant
 
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision is not None):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = forward(x)
         loss = multi_exit_loss([z.float() for z in logits], y, distill_weight=0.5, temperature=3.0)
         optimizer.zero_grad(set_to_none=True)

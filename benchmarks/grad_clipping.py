@@ -41,7 +41,7 @@ def replay(run_folder: Path) -> dict:
         shard = make_client_shard(data, settings, partition, clients)
         model = build_model(settings, data.num_classes, data.input_shape)
         model.load_state_dict(final)
-        torch.manual_seed(partition)  # dropout masks, as the ClientApp seeds them per client
+        torch.manual_seed(partition)  # dropout masks seeded per client, so the replay repeats exactly
         train_local(model, shard.train, one_epoch, generator=torch.Generator().manual_seed(partition),
                     device=torch.device("cpu"), grad_norms=norms)
     limit = settings.max_grad_norm

@@ -34,7 +34,7 @@ from flwr.common.config import parse_config_args
 
 from .processes import interrupt_on_termination
 from .results import ACCURACY_KINDS
-from .resume import STATEFUL_STRATEGIES, checkpoint_of
+from .resume import checkpoint_of, keeps_server_state
 from .settings import RunSettings
 from .simulation import RayCluster, SimulationSuperLink
 
@@ -78,7 +78,7 @@ def stopped_attempt(folder: Path, config: dict[str, Any]) -> Path | None:
     """The newest attempt under ``folder`` with a checkpoint short of the configuration's rounds
     -- stopped, or completed with fewer rounds -- to continue instead of starting over (not for
     strategies whose server state a checkpoint lacks)."""
-    if config.get("strategy", "fedavg") in STATEFUL_STRATEGIES or config.get("dp") == "adaptive":
+    if keeps_server_state(config.get("strategy", RunSettings.strategy), config.get("dp", RunSettings.dp)):
         return None
     for path in sorted(folder.glob("*/results.json"), reverse=True):
         checkpoint = checkpoint_of(path.parent, json.loads(path.read_text()))

@@ -30,6 +30,11 @@ MAY_DIFFER = ("num-server-rounds", "output-dir", "resume-from", "data-dir", "rou
               "reply-poll-seconds", "device", "torch-threads", "channels-last", "eval-batch-size")
 
 
+def keeps_server_state(strategy: str, dp: str) -> bool:
+    """Whether the strategy holds state between rounds that a model checkpoint lacks."""
+    return strategy in STATEFUL_STRATEGIES or dp == "adaptive"
+
+
 @dataclass(frozen=True)
 class ResumePoint:
     run_dir: Path
@@ -63,7 +68,7 @@ def load_resume_point(run_dir: str | Path, settings: RunSettings) -> ResumePoint
     if server_round >= settings.num_server_rounds:
         raise SettingsError(f"resume-from: {run_dir} already has {server_round} rounds; "
                             f"num-server-rounds is {settings.num_server_rounds}")
-    if settings.strategy in STATEFUL_STRATEGIES or settings.dp == "adaptive":
+    if keeps_server_state(settings.strategy, settings.dp):
         raise SettingsError(f"resume-from: strategy {settings.strategy!r} (dp {settings.dp!r}) keeps server state "
                             "that checkpoints do not hold; only stateless strategies can be continued")
     stored, current = results.get("run_config", {}), settings.as_run_config()

@@ -49,7 +49,6 @@ def test_proximal_term_keeps_weights_closer_to_the_global_model(task_data):
     assert drift[1.0] < drift[0.0]
 
 
-
 def test_gradient_norms_before_clipping_are_reported_per_step(task_data):
     settings = RunSettings(local_epochs=1, batch_size=32, max_grad_norm=1e-3)
     norms: list[float] = []
@@ -58,6 +57,7 @@ def test_gradient_norms_before_clipping_are_reported_per_step(task_data):
                 device=CPU, grad_norms=norms)
     steps = sum(1 for start in range(0, len(task_data.train), 32) if len(task_data.train) - start >= 2)
     assert len(norms) == steps and all(n > 1e-3 for n in norms)  # the norm before clipping, not after
+
 
 def test_evaluation_counts_per_exit_in_batches(task_data):
     model = MultiExitResNet()

@@ -12,6 +12,11 @@ Reports per-round seconds (start-up separately), the ratio (a)/(b), training sam
 achieved training GFLOP/s against this machine's measured matmul peak, and the peak memory of
 the simulation (sum of the proportional set size of the SuperLink's process tree).
 
+``--engine deployment`` replaces (a) by a real local deployment (``mefl_app.deploy``: one
+SuperLink, one SuperNode per client, all concurrent, no Ray) -- for a machine without Ray, such
+as the GPU machine of benchmarks/gpu_run.sh. With ``--run-config "device='cuda'"`` both arms
+train on the GPU and the peak is the GPU's float32 matmul rate.
+
     python benchmarks/app_vs_plain.py --task fmnist --clients 24 --rounds 2 --json out.json
     python benchmarks/app_vs_plain.py --render out.json      # Markdown table, no measuring
 """
@@ -36,34 +41,42 @@ from flwr.common.config import parse_config_args
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plain_fedavg import run as run_plain  # noqa: E402
 
+from mefl_app.deploy import LocalDeployment  # noqa: E402
 from mefl_app.partitions import make_client_shard  # noqa: E402
 from mefl_app.settings import RunSettings  # noqa: E402
 from mefl_app.simulation import SimulationSuperLink  # noqa: E402
 from mefl_app.tasks import load_task_data, model_costs  # noqa: E402
+from mefl_app.training import select_device  # noqa: E402
 
 APP_DIR = Path(__file__).resolve().parents[1]
 
 
-def matmul_peak_gflops(threads: int, size: int = 2048, repeats: int = 5) -> float:
-    """Best of ``repeats`` float32 matrix multiplications: the machine's practical peak."""
+def matmul_peak_gflops(threads: int, size: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
+    """Best of ``repeats`` float32 matrix multiplications: the machine's (or GPU's) practical peak."""
     torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    if device != "cpu":
+        size *= 4  # a GPU needs a bigger product to reach its rate
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
     a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    best = min(_timed(lambda: a @ b, device) for _ in range(repeats))
     return 2 * size**3 / best / 1e9
 
 
-def _timed(fn) -> float:
+def _timed(fn, device: str = "cpu") -> float:
     started = time.perf_counter()
     fn()
+    if device != "cpu":
+        torch.cuda.synchronize()
     return time.perf_counter() - started
 
 
 class TreeMemory:
-    """Samples the summed PSS of a process and all its descendants, keeps the peak."""
+    """Samples the summed PSS of a process and all its descendants (``without_root``: the
+    descendants only), keeps the peak."""
 
-    def __init__(self, root_pid: int, interval: float = 0.5) -> None:
+    def __init__(self, root_pid: int, interval: float = 0.5, without_root: bool = False) -> None:
         self.root_pid, self.interval, self.peak_mb = root_pid, interval, 0.0
+        self.without_root = without_root
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -77,7 +90,8 @@ class TreeMemory:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self.peak_mb = max(self.peak_mb, sum(_pss_kb(p) for p in _tree(self.root_pid)) / 1024)
+            pids = _tree(self.root_pid)[1 if self.without_root else 0:]
+            self.peak_mb = max(self.peak_mb, sum(_pss_kb(p) for p in pids) / 1024)
             self._stop.wait(self.interval)
 
 
@@ -120,12 +134,34 @@ def run_app(task_config: dict, clients: int, rounds: int, cpus_per_client: int, 
             wall = time.perf_counter() - started
     if proc.returncode != 0:
         raise RuntimeError(proc.stdout[-3000:] + proc.stderr[-3000:])
+    return _app_numbers(out, wall, memory.peak_mb)
+
+
+def run_app_deployment(task_config: dict, clients: int, rounds: int, threads: int, work: Path) -> dict:
+    """The app on a real local deployment: a SuperLink and one SuperNode per client (insecure:
+    loopback only), every client concurrent; start-up includes bringing the SuperNodes online."""
+    run_dir = Path(tempfile.mkdtemp(prefix="app-deployment-", dir=work))
+    out = run_dir / "out"
+    config = {**task_config, "output-dir": out, "num-server-rounds": rounds, "torch-threads": threads}
+    started = time.perf_counter()
+    with TreeMemory(os.getpid(), without_root=True) as memory:  # SuperLink, SuperNodes, ClientApps
+        with LocalDeployment(run_dir / "deployment", APP_DIR, secure=False) as deployment:
+            deployment.add_nodes([f"partition-id={i} num-partitions={clients}" for i in range(clients)])
+            deployment.wait_for_nodes(clients, timeout=300)
+            outcome = deployment.run(config, timeout=3600)
+    wall = time.perf_counter() - started
+    if outcome.returncode != 0:
+        raise RuntimeError(outcome.output[-3000:])
+    return _app_numbers(out, wall, memory.peak_mb)
+
+
+def _app_numbers(out: Path, wall: float, peak_pss_mb: float) -> dict:
     results = json.loads(next(out.glob("*/results.json")).read_text())
     if results["status"] != "completed":
         raise RuntimeError(results.get("error"))
     per_round = [r["seconds"] for r in results["rounds"]]
     return {"wall_seconds": wall, "round_seconds": per_round, "startup_seconds": wall - sum(per_round),
-            "peak_pss_mb": memory.peak_mb,
+            "peak_pss_mb": peak_pss_mb,
             "final_central": results["rounds"][-1]["central"][results["exit_names"][-1]]["accuracy"]}
 
 
@@ -145,7 +181,8 @@ def render_markdown(report: dict) -> str:
     w = report["workload"]
     lines = [
         f"`{report['command']}` -- {report['date']}, {report['machine']['cpu_count']} cores "
-        f"({report['machine']['processor']}), torch {report['machine']['torch']}",
+        f"({report['machine']['processor']}), torch {report['machine']['torch']}"
+        + (f", GPU {report['machine']['device']}" if report["machine"].get("device", "cpu") != "cpu" else ""),
         "",
         f"Workload: {w['task']}, {w['clients']} clients, {w['rounds']} rounds, {w['local_epochs']} local epochs, "
         f"{w['samples_per_round']} training samples per round, "
@@ -178,6 +215,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the raw numbers here")
     parser.add_argument("--compare-polling", action="store_true",
                         help="also run the app with Flower's own 3 s reply polling (reply-poll-seconds=3)")
+    parser.add_argument("--engine", default="simulation", choices=["simulation", "deployment"],
+                        help="how the app runs: Flower's simulation engine (Ray; two client layouts) or a "
+                             "local deployment with one SuperNode per client (no Ray)")
     args = parser.parse_args()
     if args.render:
         print("\n\n".join(render_markdown(json.loads(path.read_text())) for path in args.render))
@@ -186,6 +226,7 @@ def main() -> None:
     overrides = f"task='{args.task}'" + (f" data-dir='{args.data_dir}'" if args.data_dir else "") + " " + args.run_config
     settings = RunSettings.from_app_dir(APP_DIR, overrides)
     task_config = parse_config_args([overrides])  # the same overrides reach the app
+    device = select_device(settings).type
     data = load_task_data(settings)
     shards = [make_client_shard(data, settings, p, args.clients) for p in range(args.clients)]
     samples_per_round = settings.local_epochs * sum(len(s.train) for s in shards)
@@ -194,21 +235,26 @@ def main() -> None:
     report: dict = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "torch": torch.__version__, "python": platform.python_version()},
+                    "torch": torch.__version__, "python": platform.python_version(),
+                    "device": torch.cuda.get_device_name() if device == "cuda" else "cpu"},
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "workload": {"task": args.task, "clients": args.clients, "rounds": args.rounds,
                      "local_epochs": settings.local_epochs, "samples_per_round": samples_per_round,
                      "training_flops_per_sample": flops_per_sample},
-        "matmul_peak_gflops": {str(t): matmul_peak_gflops(t) for t in (1, args.cores)},
+        "matmul_peak_gflops": {str(t): matmul_peak_gflops(t, device=device) for t in {1, args.cores}},
     }
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        runs = {
-            "plain, 1 thread": lambda: run_reference(settings, args.clients, args.rounds, 1),
-            f"plain, {args.cores} threads": lambda: run_reference(settings, args.clients, args.rounds, args.cores),
-            f"app, {args.cores} clients x 1 thread": lambda: run_app(task_config, args.clients, args.rounds, 1, 1, work),
-            f"app, 1 client x {args.cores} threads": lambda: run_app(task_config, args.clients, args.rounds, args.cores, args.cores, work),
-        }
+        runs = {"plain, 1 thread": lambda: run_reference(settings, args.clients, args.rounds, 1)}
+        if device == "cpu" and args.cores > 1:  # on a GPU the host threads barely matter
+            runs[f"plain, {args.cores} threads"] = lambda: run_reference(settings, args.clients, args.rounds, args.cores)
+        if args.engine == "deployment":
+            runs[f"app, deployment, {args.clients} SuperNodes x 1 thread"] = lambda: run_app_deployment(
+                task_config, args.clients, args.rounds, 1, work)
+        else:
+            runs[f"app, {args.cores} clients x 1 thread"] = lambda: run_app(task_config, args.clients, args.rounds, 1, 1, work)
+            runs[f"app, 1 client x {args.cores} threads"] = lambda: run_app(
+                task_config, args.clients, args.rounds, args.cores, args.cores, work)
         if args.compare_polling:
             runs[f"app, {args.cores} clients x 1 thread, Flower's 3 s reply polling"] = lambda: run_app(
                 task_config, args.clients, args.rounds, 1, 1, work, **{"reply-poll-seconds": 3.0})

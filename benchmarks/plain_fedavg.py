@@ -21,7 +21,7 @@ from mefl_app.metrics import pool
 from mefl_app.partitions import make_client_shard
 from mefl_app.settings import RunSettings
 from mefl_app.tasks import build_model, initial_model, load_task_data
-from mefl_app.training import apply_thread_setting, evaluate_exits, train_local
+from mefl_app.training import apply_thread_setting, evaluate_exits, select_device, train_local
 
 
 def fedavg(states: list[dict[str, torch.Tensor]], weights: list[int]) -> dict[str, torch.Tensor]:
@@ -44,17 +44,17 @@ def with_batch_statistics(model: nn.Module) -> nn.Module:
 
 def run(settings: RunSettings, num_clients: int, rounds: int, log=print) -> list[dict]:
     apply_thread_setting(settings)
-    device = torch.device("cpu")
+    device = select_device(settings)  # the run config's ``device``, as in the ClientApp
     data = load_task_data(settings)
     shards = [make_client_shard(data, settings, pid, num_clients) for pid in range(num_clients)]
-    model = initial_model(settings, data.num_classes, data.input_shape)
+    model = initial_model(settings, data.num_classes, data.input_shape).to(device)
     global_state = {k: v.clone() for k, v in model.state_dict().items()}
     history = []
     for server_round in range(1, rounds + 1):
         started = time.perf_counter()
         states, weights, personalized = [], [], []
         for shard in shards:
-            local = build_model(settings, data.num_classes, data.input_shape)
+            local = build_model(settings, data.num_classes, data.input_shape).to(device)
             local.load_state_dict(global_state)
             seed = settings.seed * 1_000_003 + server_round * 1_009 + shard.partition_id
             torch.manual_seed(seed)

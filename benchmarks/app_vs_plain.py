@@ -169,7 +169,7 @@ def run_reference(settings: RunSettings, clients: int, rounds: int, threads: int
     settings = RunSettings(**{**settings.__dict__, "torch_threads": threads})
     torch.set_num_threads(threads)
     started = time.perf_counter()
-    history = run_plain(settings, clients, rounds, log=lambda line: None)
+    history = run_plain(settings, clients, rounds, log=lambda line: print(f"  plain, round: {line}", flush=True))
     wall = time.perf_counter() - started
     per_round = [h["round_seconds"] for h in history]
     return {"wall_seconds": wall, "round_seconds": per_round, "startup_seconds": wall - sum(per_round),
@@ -258,10 +258,15 @@ def main() -> None:
         if args.compare_polling:
             runs[f"app, {args.cores} clients x 1 thread, Flower's 3 s reply polling"] = lambda: run_app(
                 task_config, args.clients, args.rounds, 1, 1, work, **{"reply-poll-seconds": 3.0})
-        report["runs"] = {}
+        report["runs"], report["finished"] = {}, False
         for name, fn in runs.items():
             print(f"running: {name}", flush=True)
             report["runs"][name] = fn()
+            # Each arm's raw numbers as soon as it ends: a run cut short (a time limit) keeps them.
+            print(f"done: {name}: " + json.dumps(report["runs"][name]), flush=True)
+            if args.json:
+                args.json.write_text(json.dumps(report, indent=1))
+    report["finished"] = True
     baseline = min(statistics.fmean(r["round_seconds"]) for n, r in report["runs"].items() if n.startswith("plain"))
     peak = report["matmul_peak_gflops"][str(args.cores)]
     for name, r in report["runs"].items():

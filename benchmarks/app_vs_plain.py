@@ -219,6 +219,8 @@ def main() -> None:
                         help="how the app runs: Flower's simulation engine (Ray; two client layouts) or a "
                              "local deployment with one SuperNode per client (no Ray)")
     args = parser.parse_args()
+    if args.compare_polling and args.engine != "simulation":
+        parser.error("--compare-polling measures the simulation engine's reply polling; drop it with --engine deployment")
     if args.render:
         print("\n\n".join(render_markdown(json.loads(path.read_text())) for path in args.render))
         return

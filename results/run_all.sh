@@ -83,4 +83,8 @@ TUNE50="data-dir='$HAPT_DIR' learning-rate=0.05 validation-fraction=0.2 num-serv
 python -m mefl_app.experiments run --task har --seeds 0 --out "$OUT_REPO/results/har-tuning/clip1" --run-config "$TUNE50 max-grad-norm=1.0"
 python -m mefl_app.experiments run --task har --seeds 0 --variants me --out "$OUT_REPO/results/har-tuning/clip3" --run-config "$TUNE50 max-grad-norm=3.0"
 commit results/har-tuning "results: HAR clipping check on validation data, extended to 50 rounds"
+# The next candidates, same validation set-up, multi-exit only (compared with clip1's SE run):
+# no distillation (C = 0: the plain sum of the exits' cross-entropies).
+python -m mefl_app.experiments run --task har --seeds 0 --variants me --out "$OUT_REPO/results/har-tuning/c0" --run-config "$TUNE50 max-grad-norm=1.0 distill-weight=0.0"
+commit results/har-tuning "results: HAR validation check without distillation (C = 0)"
 campaign fmnist results/fmnist "data-dir='$FMNIST_DIR'" 0 1 2

@@ -175,6 +175,15 @@ def rounds_mean(values: list[int | None]) -> str:
     return text
 
 
+def _tuning_note(run_config: dict) -> list[str]:
+    """Runs in tuning mode score validation parts, not test parts: the report must say so."""
+    if float(run_config.get("validation-fraction", 0.0)) <= 0:
+        return []
+    return ["**Tuning runs** (`validation-fraction` > 0): wherever the tables below say *local test part*, read"
+            " the client's *validation part*, cut from its local training data; the central test set is not"
+            " scored. These numbers choose settings; they are not results on test data.", ""]
+
+
 def write_report(out: Path) -> Path:
     runs = collect(out)
     if not runs:
@@ -187,6 +196,7 @@ def write_report(out: Path) -> Path:
     study = STUDY.get(task, {})
     lines = [f"# Multi-exit vs single-exit federated learning: {task}", ""]
     lines += _provenance(out, runs)
+    lines += _tuning_note(any_results["run_config"])
 
     # Table 1
     lines += ["## Table 1: accuracy after the last round (%, mean ± std over seeds)", "",

@@ -24,3 +24,8 @@ def test_targets_without_single_exit_runs_are_not_judged_as_missed():
     # 86 % < 90 %; gap 0 is not beyond the spread; seed 0 needed 9 rounds.
     assert [row.rsplit("|", 2)[1].strip() for row in rows] == ["**missed**"] * 3
     assert experiments._targets("har", {}, {0: fake_results(0.8, 3)}, deepest) == []
+
+
+def test_reports_of_tuning_runs_say_they_score_validation_parts():
+    assert experiments._tuning_note({"validation-fraction": 0.0}) == []
+    assert "validation part" in experiments._tuning_note({"validation-fraction": 0.2})[0]

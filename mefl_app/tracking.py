@@ -4,7 +4,10 @@
 Flower ``Strategy`` in general) and only observes: bytes of the arrays in every message sent
 and received, which clients replied, and every client's per-exit metrics -- read from ALL
 replies before the inner strategy sees them, so strategies that aggregate a subset (Krum) still
-leave every client's personalized accuracy on record. A continued run (``resume-from``) numbers
+leave every client's personalized accuracy on record. The one thing it changes is the order of
+the replies: the inner strategy gets them sorted by partition id, because floating-point sums
+depend on their order and replies arrive in whatever order clients finish -- sorted, FedAvg sums
+the same arrays in the same order every time, and a seed gives the same model. A continued run (``resume-from``) numbers
 its rounds from where the stopped run ended: ``round_offset`` is added to the round that
 Flower's loop counts, for the inner strategy (so clients see the true round) and the record.
 """
@@ -26,6 +29,15 @@ from .strategies import PooledTrainMetrics
 def array_bytes(content: RecordDict) -> int:
     """Payload size of every array in a message's content."""
     return sum(len(array.data) for record in content.array_records.values() for array in record.values())
+
+
+def in_partition_order(replies: list[Message]) -> list[Message]:
+    """Successful replies by partition id, then the failed ones (in arrival order)."""
+    def key(message: Message) -> tuple[int, int]:
+        if message.has_error():
+            return (1, 0)
+        return (0, int(keys.metric_record_of(message.content)[keys.PARTITION_ID]))
+    return sorted(replies, key=key)
 
 
 class TooFewReplies(RuntimeError):
@@ -90,7 +102,7 @@ class TrackingStrategy(Strategy):
         self.recorder.record_value(server_round, "client_exit_levels", {k: int(v) for k, v in by_client(keys.EXIT_LEVEL).items()})
         if self.train_metrics is not None:
             self.train_metrics.last_partitions = None
-        aggregated = self.inner.aggregate_train(server_round, replies)
+        aggregated = self.inner.aggregate_train(server_round, in_partition_order(replies))
         self.recorder.record_value(
             server_round, "aggregated_partitions",
             self.train_metrics.last_partitions if self.train_metrics is not None else None)
@@ -107,7 +119,7 @@ class TrackingStrategy(Strategy):
         server_round += self.round_offset
         replies = list(replies)
         self._observe(server_round, "evaluate", replies, "global_local")
-        return self.inner.aggregate_evaluate(server_round, replies)
+        return self.inner.aggregate_evaluate(server_round, in_partition_order(replies))
 
     def _observe(self, server_round: int, phase: str, replies: list[Message], kind: str) -> list[Message]:
         ok = [m for m in replies if not m.has_error()]

@@ -178,3 +178,27 @@ def test_aggregates_keep_the_models_dtype_under_a_float64_server_optimizer():
     arrays, _ = strategy.aggregate_train(1, [_reply({k: v + 1 for k, v in model.items()}, 1, 3, 0)])
     assert {arrays[k].dtype for k in model} == {"float32"}
     assert 10.0 < arrays["b"].numpy()[0] < 11.0  # the server step moved towards the update
+
+
+def test_tracking_hands_replies_to_the_strategy_in_partition_order(tmp_path):
+    # Replies arrive in the order clients finish; float sums depend on order, so the inner
+    # strategy must always get them in the same (partition) order for a seed to repeat exactly.
+    from mefl_app.results import RunRecorder
+    from mefl_app.tracking import TrackingStrategy
+
+    class Recording(FedAvg):
+        def aggregate_train(self, server_round, replies):
+            replies = list(replies)
+            self.seen = [int(metrics.metric_record_of(m.content)[metrics.PARTITION_ID]) for m in replies]
+            return super().aggregate_train(server_round, replies)
+
+    inner = Recording(min_train_nodes=1, min_available_nodes=1)
+    recorder = RunRecorder(tmp_path, {}, ["exit1"], target=0.5)
+    strategy = TrackingStrategy(inner, recorder)
+    strategy.configure_train(1, ArrayRecord({"a": Array(np.zeros(2))}), ConfigRecord(), _Grid())
+    replies = [_reply({"a": np.array([float(p), 1.0])}, 1 + p, 1, p) for p in (2, 0, 1)]
+    for reply in replies:  # what a training reply carries besides the scores
+        reply.content["metrics"].update({metrics.TRAIN_SECONDS: 1.0, metrics.TRAIN_MFLOPS: 1.0, metrics.LABEL_COUNTS: [1, 0]})
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert inner.seen == [0, 1, 2]
+    np.testing.assert_allclose(arrays["a"].numpy(), [(0 * 1 + 1 * 2 + 2 * 3) / 6, 1.0])

@@ -8,7 +8,7 @@
 # Why this shape: the GPU machine lent to sessions has PyTorch but neither Flower nor Ray, no
 # internet, and receives at most 64 MiB of files. Ray's wheel alone is 74 MB, so Flower's
 # simulation engine cannot run there; a local deployment (SuperLink + SuperNodes, no Ray) can,
-# with Flower and the packages it needs carried as wheels (~25 MB for Python 3.12). Fashion-MNIST's
+# with Flower and the packages it needs carried as wheels (27 MB for Python 3.12). Fashion-MNIST's
 # images do not fit as well, so the run uses the real labels with random pixels
 # (benchmarks/synthetic_fmnist.py): the same shards and work, meaningless accuracies.
 set -euo pipefail

@@ -1,4 +1,4 @@
-"""A strategy wrapper that measures a run without changing it.
+"""A strategy wrapper that measures a run and leaves every decision to the strategy it wraps.
 
 ``TrackingStrategy`` delegates every decision to the strategy it wraps (FedAvg by default, any
 Flower ``Strategy`` in general) and only observes: bytes of the arrays in every message sent
@@ -7,9 +7,10 @@ replies before the inner strategy sees them, so strategies that aggregate a subs
 leave every client's personalized accuracy on record. The one thing it changes is the order of
 the replies: the inner strategy gets them sorted by partition id, because floating-point sums
 depend on their order and replies arrive in whatever order clients finish -- sorted, FedAvg sums
-the same arrays in the same order every time, and a seed gives the same model. A continued run (``resume-from``) numbers
-its rounds from where the stopped run ended: ``round_offset`` is added to the round that
-Flower's loop counts, for the inner strategy (so clients see the true round) and the record.
+the same arrays in the same order every time, and a seed gives the same model. A continued run
+(``resume-from``) numbers its rounds from where the stopped run ended: ``round_offset`` is added
+to the round that Flower's loop counts, for the inner strategy (so clients see the true round)
+and the record.
 """
 
 from __future__ import annotations

@@ -88,6 +88,7 @@ commit results/har-tuning "results: HAR clipping check on validation data, exten
 python -m mefl_app.experiments run --task har --seeds 0 --variants me --out "$OUT_REPO/results/har-tuning/c0" --run-config "$TUNE50 max-grad-norm=1.0 distill-weight=0.0"
 commit results/har-tuning "results: HAR validation check without distillation (C = 0)"
 # C = 0 won on validation data (results/har/notes.md): the HAR test campaign again with it (the
-# single-exit model has no distillation term, so its runs only repeat those of results/har).
+# single-exit model has no distillation term: its runs repeat those of results/har, up to the
+# drift of the reply order in aggregation, which the app has removed since).
 campaign har results/har-c0 "$HAR_SETTINGS distill-weight=0.0" 0 1 2
 campaign fmnist results/fmnist "data-dir='$FMNIST_DIR'" 0 1 2

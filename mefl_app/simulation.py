@@ -47,14 +47,18 @@ class SimulationSuperLink:
             env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1):
-                    return self
-            except OSError:
-                if self.process.poll() is not None:
-                    break
-                time.sleep(0.3)
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1):
+                        return self
+                except OSError:
+                    if self.process.poll() is not None:
+                        break
+                    time.sleep(0.3)
+        except BaseException:  # Ctrl-C or SIGTERM while it starts: __exit__ will not run
+            self.__exit__(None, None, None)
+            raise
         self.__exit__(None, None, None)
         raise RuntimeError(f"SuperLink did not come up: {(self.home / 'superlink.log').read_text()[-2000:]}")
 
@@ -112,9 +116,13 @@ class RayCluster:
         # Ray's session folder holds Unix sockets, whose paths must stay under 108 bytes.
         self.session_dir = Path(tempfile.mkdtemp(prefix="mefl-ray-", dir="/tmp"))
         gpus = ["--num-gpus", str(self.num_gpus)] if self.num_gpus is not None else []
-        self._start(["--head", "--port", str(self.port), "--include-dashboard", "false",
-                     "--temp-dir", str(self.session_dir), *gpus], self.num_cpus)
-        self.wait_for_nodes(1)
+        try:
+            self._start(["--head", "--port", str(self.port), "--include-dashboard", "false",
+                         "--temp-dir", str(self.session_dir), *gpus], self.num_cpus)
+            self.wait_for_nodes(1)
+        except BaseException:  # Ctrl-C or SIGTERM while the head starts: __exit__ will not run
+            self.__exit__(None, None, None)
+            raise
         return self
 
     def add_worker(self, num_cpus: int) -> None:

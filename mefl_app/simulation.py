@@ -56,11 +56,10 @@ class SimulationSuperLink:
                     if self.process.poll() is not None:
                         break
                     time.sleep(0.3)
-        except BaseException:  # Ctrl-C or SIGTERM while it starts: __exit__ will not run
+            raise RuntimeError(f"SuperLink did not come up: {(self.home / 'superlink.log').read_text()[-2000:]}")
+        except BaseException:  # no start, or Ctrl-C / SIGTERM while starting: __exit__ will not run
             self.__exit__(None, None, None)
             raise
-        self.__exit__(None, None, None)
-        raise RuntimeError(f"SuperLink did not come up: {(self.home / 'superlink.log').read_text()[-2000:]}")
 
     def run(self, app_dir: Path, run_config: dict, num_supernodes: int, timeout: float = 600,
             num_cpus: int = 1, num_gpus: float = 0.0, stdout=None) -> subprocess.CompletedProcess:

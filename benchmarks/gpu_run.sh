@@ -5,6 +5,17 @@
 #   benchmarks/gpu_run.sh prepare            # here: downloads Flower's wheels into .gpu/ (ignored)
 #   benchmarks/gpu_run.sh measure OUT [ROUNDS]   # on the GPU machine, with .gpu carried along
 #
+# The study itself on the GPU machine (the real app through Flower's simulation engine, real
+# Fashion-MNIST), in two calls on the same warm machine because the files travel 64 MiB a call:
+#   benchmarks/gpu_run.sh prepare-study      # here: .gpu/site.tar.xz (Flower + Ray for CPython 3.12,
+#                                            # Ray without its Java jars and dashboard UI) and
+#                                            # .gpu/fmnist-xz (the real images, xz-compressed)
+#   benchmarks/gpu_run.sh stage-data         # call 1, carrying .gpu/fmnist-xz: unpacks into .gpu/data
+#   benchmarks/gpu_run.sh study OUT SECONDS VARIANT SEED GPUS_PER_CLIENT
+#                                            # call 2, carrying .gpu/site.tar.xz: one run of
+#                                            # `python -m mefl_app.experiments run` on the GPU for at
+#                                            # most SECONDS; a stopped run can be continued anywhere
+#
 # Why this shape: the GPU machine lent to sessions has PyTorch but neither Flower nor Ray, no
 # internet, and receives at most 64 MiB of files. Ray's wheel alone is 74 MB, so Flower's
 # simulation engine cannot run there; a local deployment (SuperLink + SuperNodes, no Ray) can,
@@ -43,8 +54,67 @@ measure() {
         --rounds "$rounds" --run-config "device='cuda'" --json "$out/app_vs_plain_fmnist_gpu.json" 2>&1 | tee "$out/app_vs_plain.log"
 }
 
+prepare_study() {
+    local wheels site
+    wheels=$(mktemp -d) site=$(mktemp -d)
+    [ -d "$GPU_DIR/wheels" ] || prepare
+    cp "$GPU_DIR"/wheels/*.whl "$wheels/"
+    local pins=()  # Ray and what it needs that the GPU machine's image lacks, at this venv's versions
+    for p in ray jsonschema jsonschema-specifications referencing rpds-py; do
+        pins+=("$(python -m pip freeze | grep -i "^${p//-/[-_]}==" | head -1)"); done
+    local platform=(--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
+                    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
+    python -m pip download -q --no-deps "${platform[@]}" -d "$wheels" "${pins[@]}"
+    python -m pip install -q --no-deps --no-compile "${platform[@]}" --target "$site" "$wheels"/*.whl
+    # What the simulation engine never loads: Ray's Java jars, dashboard UI and ML libraries.
+    rm -rf "$site"/ray/{jars,dashboard/client,rllib,data,serve,tune,train,llm}
+    tar cf - -C "$site" . | xz -9 -T0 > "$GPU_DIR/site.tar.xz"
+    rm -rf "$wheels" "$site" "$GPU_DIR/fmnist-xz" && mkdir -p "$GPU_DIR/fmnist-xz"
+    for f in /usr/share/datasets/fashion-mnist/*-idx?-ubyte.gz; do
+        zcat "$f" | xz -9 -T0 > "$GPU_DIR/fmnist-xz/$(basename "$f" .gz).xz"; done
+    du -sh "$GPU_DIR/site.tar.xz" "$GPU_DIR/fmnist-xz"
+}
+
+stage_data() {  # where torchvision's FashionMNIST(root) looks first: root/FashionMNIST/raw
+    local raw="$GPU_DIR/data/FashionMNIST/raw"
+    mkdir -p "$raw"
+    for f in "$GPU_DIR"/fmnist-xz/*.xz; do xz -dc "$f" > "$raw/$(basename "$f" .xz)"; done
+    ls -la "$raw"
+}
+
+study() {
+    local out=$1 seconds=$2 variant=$3 seed=$4 gpus=$5
+    [ -d "$GPU_DIR/data/FashionMNIST/raw" ] || { echo "no $GPU_DIR/data: run stage-data first, on this warm machine" >&2; exit 1; }
+    # A venv that sees the image's packages (PyTorch, NumPy, ...), so that Flower's and Ray's
+    # programs sit beside the Python that runs them (mefl_app.processes.BIN). The image's python3
+    # is itself a venv, which --system-site-packages would skip: a .pth file adds its packages,
+    # after the venv's own (Flower's pins win).
+    python3 -m venv --without-pip /tmp/venv
+    local site
+    site=$(/tmp/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' > "$site/image-packages.pth"
+    xz -dc "$GPU_DIR/site.tar.xz" | tar xf - -C "$site"
+    for f in "$site"/bin/*; do
+        { echo "#!/tmp/venv/bin/python"; tail -n +2 "$f"; } > "/tmp/venv/bin/$(basename "$f")"
+        chmod +x "/tmp/venv/bin/$(basename "$f")"
+    done
+    export PYTHONUNBUFFERED=1 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
+    { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc
+      /tmp/venv/bin/python -c "import torch, flwr, ray; print('torch', torch.__version__, 'flwr', flwr.__version__, 'ray', ray.__version__)"
+    } 2>&1 | tee "$out/machine.txt"
+    nvidia-smi dmon -s u -d 5 > "$out/gpu_utilization.txt" 2>&1 &
+    local dmon=$!
+    timeout "$seconds" /tmp/venv/bin/python -m mefl_app.experiments run --task fmnist --seeds "$seed" --variants "$variant" \
+        --gpus-per-client "$gpus" --out /tmp/study --run-config "data-dir='$PWD/$GPU_DIR/data' device='cuda'" 2>&1 | tee "$out/experiments.log"
+    kill "$dmon" || true
+    tar czf "$out/study.tar.gz" --exclude .work -C /tmp study  # the run folder, checkpoint included
+}
+
 case "${1:-}" in
     prepare) prepare ;;
     measure) shift; measure "$@" ;;
-    *) echo "usage: $0 prepare | measure OUT [ROUNDS]" >&2; exit 2 ;;
+    prepare-study) prepare_study ;;
+    stage-data) stage_data ;;
+    study) shift; study "$@" ;;
+    *) echo "usage: $0 prepare | measure OUT [ROUNDS] | prepare-study | stage-data | study OUT SECONDS VARIANT SEED GPUS_PER_CLIENT" >&2; exit 2 ;;
 esac

@@ -54,6 +54,14 @@ KIND_TITLES = {
 
 
 # -- run ------------------------------------------------------------------------------------------
+def gpu_share(text: str) -> float:
+    """``--gpus-per-client``: Ray gives a client a fraction of one GPU or whole GPUs."""
+    value = float(text)
+    if value < 0 or (value > 1 and not value.is_integer()):
+        raise argparse.ArgumentTypeError(f"{text}: give a share of one GPU (0 to 1, e.g. 0.25) or a whole number of GPUs")
+    return value
+
+
 def completed_results(folder: Path) -> dict[str, Any] | None:
     """The newest completed results file under ``folder`` (a run folder per attempt)."""
     for path in sorted(folder.glob("*/results.json"), reverse=True):
@@ -88,18 +96,20 @@ def stopped_attempt(folder: Path, config: dict[str, Any]) -> Path | None:
 
 
 def run_campaign(task: str, seeds: Sequence[int], variants: Sequence[str], out: Path, clients: int,
-                 run_config: str, cpus_per_client: int, log=print) -> None:
+                 run_config: str, cpus_per_client: int, log=print, gpus_per_client: float = 0.0) -> None:
     """ME and SE for every seed; a seed sets both ``seed`` and ``partition-seed``, so the two
     variants of a seed see identical shards and initial backbones."""
     overrides = parse_config_args([run_config]) if run_config else {}
     configs = {f"{v}-seed{s}": {**overrides, "task": task, "multi-exit": VARIANTS[v], "seed": s, "partition-seed": s}
                for s in seeds for v in variants}
-    run_configs(configs, out, clients, cpus_per_client, log)
+    run_configs(configs, out, clients, cpus_per_client, log, gpus_per_client)
 
 
-def run_configs(configs: dict[str, dict[str, Any]], out: Path, clients: int, cpus_per_client: int, log=print) -> None:
+def run_configs(configs: dict[str, dict[str, Any]], out: Path, clients: int, cpus_per_client: int, log=print,
+                gpus_per_client: float = 0.0) -> None:
     """Run every named configuration whose folder ``out/runs/<name>`` has no completed results
-    with its rounds; continue a stopped (or shorter) attempt where there is one."""
+    with its rounds; continue a stopped (or shorter) attempt where there is one. Each client gets
+    ``cpus_per_client`` cores and ``gpus_per_client`` of a GPU from Ray (0.25: four share one)."""
     todo = {name: config for name, config in configs.items() if not is_done(out / "runs" / name, config)}
     log(f"[experiments] {len(todo)} run(s) to do, {len(configs) - len(todo)} already completed")
     if not todo:
@@ -121,7 +131,7 @@ def run_configs(configs: dict[str, dict[str, Any]], out: Path, clients: int, cpu
             started = time.perf_counter()
             with open(folder / "flwr-run.log", "a") as stream:
                 link.run(APP_DIR, {**config, "output-dir": folder.resolve()}, clients,
-                         timeout=7 * 24 * 3600, num_cpus=cpus_per_client, stdout=stream)
+                         timeout=7 * 24 * 3600, num_cpus=cpus_per_client, num_gpus=gpus_per_client, stdout=stream)
             status = "completed" if completed_results(folder) else "FAILED (see flwr-run.log and results.json)"
             log(f"[experiments] {name}: {status} in {time.perf_counter() - started:.0f} s")
 
@@ -406,7 +416,7 @@ def write_comparison(folders: Sequence[Path], out_file: Path) -> Path:
     return out_file
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mefl_app.experiments", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run ME and SE for every seed (skips completed runs), then report")
@@ -415,6 +425,8 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     run.add_argument("--clients", type=int, default=24, help="simulated SuperNodes (num-supernodes)")
     run.add_argument("--cpus-per-client", type=int, default=1)
+    run.add_argument("--gpus-per-client", type=gpu_share, default=0.0,
+                     help="share of a GPU each client gets from Ray, e.g. 0.25: four clients share one (default 0)")
     run.add_argument("--run-config", default="", help="overrides for every run, flwr run syntax")
     run.add_argument("--out", type=Path, required=True)
     report = commands.add_parser("report", help="write report.md and plots from existing results (no training)")
@@ -422,13 +434,18 @@ def main(argv: list[str] | None = None) -> None:
     compare = commands.add_parser("compare", help="one Markdown table of the final accuracies of several run folders")
     compare.add_argument("folders", type=Path, nargs="+", help="folders written by run")
     compare.add_argument("--out", type=Path, required=True, help="the Markdown file to write")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     if args.command == "compare":
         print(f"comparison: {write_comparison(args.folders, args.out)}")
         return
     if args.command == "run":
         interrupt_on_termination()  # `kill` stops the campaign's Ray cluster and SuperLink too
-        run_campaign(args.task, args.seeds, args.variants, args.out, args.clients, args.run_config, args.cpus_per_client)
+        run_campaign(args.task, args.seeds, args.variants, args.out, args.clients, args.run_config, args.cpus_per_client,
+                     gpus_per_client=args.gpus_per_client)
     print(f"report: {write_report(args.out)}")
 
 

@@ -7,9 +7,20 @@ import pytest
 from conftest import write_idx_fashion_mnist
 from mefl_app import experiments
 
-pytestmark = pytest.mark.e2e
+@pytest.mark.parametrize("text, share", [("0", 0.0), ("0.0625", 0.0625), ("1", 1.0), ("2", 2.0)])
+def test_gpus_per_client_takes_a_share_of_one_gpu_or_whole_gpus(text, share):
+    args = ["run", "--task", "fmnist", "--out", "x", "--gpus-per-client", text]
+    assert experiments.build_parser().parse_args(args).gpus_per_client == share
 
 
+@pytest.mark.parametrize("text", ["-0.5", "1.5"])
+def test_gpus_per_client_refuses_what_ray_cannot_schedule(text, capsys):
+    with pytest.raises(SystemExit):
+        experiments.build_parser().parse_args(["run", "--task", "fmnist", "--out", "x", "--gpus-per-client", text])
+    assert "share of one GPU" in capsys.readouterr().err
+
+
+@pytest.mark.e2e
 def test_campaign_runs_both_variants_and_reports_from_results_files(tmp_path, monkeypatch):
     data = write_idx_fashion_mnist(tmp_path / "data", n_train=300, n_test=60)
     out = tmp_path / "campaign"

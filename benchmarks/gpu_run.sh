@@ -105,7 +105,8 @@ study() {
     nvidia-smi dmon -s u -d 5 > "$out/gpu_utilization.txt" 2>&1 &
     local dmon=$!
     timeout "$seconds" /tmp/venv/bin/python -m mefl_app.experiments run --task fmnist --seeds "$seed" --variants "$variant" \
-        --gpus-per-client "$gpus" --out /tmp/study --run-config "data-dir='$PWD/$GPU_DIR/data' device='cuda'" 2>&1 | tee "$out/experiments.log"
+        --gpus-per-client "$gpus" --out /tmp/study --run-config "data-dir='$PWD/$GPU_DIR/data' device='cuda'" 2>&1 | tee "$out/experiments.log" \
+        || echo "stopped after $seconds s (or failed): the run folder holds every finished round" | tee -a "$out/experiments.log"
     kill "$dmon" || true
     tar czf "$out/study.tar.gz" --exclude .work -C /tmp study  # the run folder, checkpoint included
 }

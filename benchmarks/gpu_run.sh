@@ -15,13 +15,15 @@
 #                                            # call 2, carrying .gpu/site.tar.xz: one run of
 #                                            # `python -m mefl_app.experiments run` on the GPU for at
 #                                            # most SECONDS; a stopped run can be continued anywhere
+#                                            # (DEVICE=cpu with GPUS_PER_CLIENT 0: the same on CPUs)
 #
 # Why this shape: the GPU machine lent to sessions has PyTorch but neither Flower nor Ray, no
-# internet, and receives at most 64 MiB of files. Ray's wheel alone is 74 MB, so Flower's
-# simulation engine cannot run there; a local deployment (SuperLink + SuperNodes, no Ray) can,
-# with Flower and the packages it needs carried as wheels (27 MB for Python 3.12). Fashion-MNIST's
-# images do not fit as well, so the run uses the real labels with random pixels
-# (benchmarks/synthetic_fmnist.py): the same shards and work, meaningless accuracies.
+# internet, and receives at most 64 MiB of files a call, the checkout (26 MB) included. `measure`
+# carries Flower's wheels (27 MB for Python 3.12) and runs a local deployment (SuperLink +
+# SuperNodes, no Ray: Ray's wheel alone is 74 MB), on the real labels with random pixels
+# (benchmarks/synthetic_fmnist.py: the same shards and work, meaningless accuracies). `study`
+# carries Ray too, stripped and xz-compressed with Flower into 35.5 MB, and the real images in a
+# call of their own, so that the run is the app's real one: simulation engine, real data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GPU_DIR=.gpu
@@ -105,7 +107,7 @@ study() {
     nvidia-smi dmon -s u -d 5 > "$out/gpu_utilization.txt" 2>&1 &
     local dmon=$!
     timeout "$seconds" /tmp/venv/bin/python -m mefl_app.experiments run --task fmnist --seeds "$seed" --variants "$variant" \
-        --gpus-per-client "$gpus" --out /tmp/study --run-config "data-dir='$PWD/$GPU_DIR/data' device='cuda'" 2>&1 | tee "$out/experiments.log" \
+        --gpus-per-client "$gpus" --out /tmp/study --run-config "data-dir='$PWD/$GPU_DIR/data' device='${DEVICE:-cuda}'" 2>&1 | tee "$out/experiments.log" \
         || echo "stopped after $seconds s (or failed): the run folder holds every finished round" | tee -a "$out/experiments.log"
     kill "$dmon" || true
     tar czf "$out/study.tar.gz" --exclude .work -C /tmp study  # the run folder, checkpoint included

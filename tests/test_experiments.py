@@ -7,6 +7,7 @@ import pytest
 from conftest import write_idx_fashion_mnist
 from mefl_app import experiments
 
+
 @pytest.mark.parametrize("text, share", [("0", 0.0), ("0.0625", 0.0625), ("1", 1.0), ("2", 2.0)])
 def test_gpus_per_client_takes_a_share_of_one_gpu_or_whole_gpus(text, share):
     args = ["run", "--task", "fmnist", "--out", "x", "--gpus-per-client", text]

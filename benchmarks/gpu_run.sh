@@ -91,7 +91,7 @@ study() {
     # programs sit beside the Python that runs them (mefl_app.processes.BIN). The image's python3
     # is itself a venv, which --system-site-packages would skip: a .pth file adds its packages,
     # after the venv's own (Flower's pins win).
-    python3 -m venv --without-pip /tmp/venv
+    python3 -m venv --clear --without-pip /tmp/venv  # --clear: a second call on the same machine
     local site
     site=$(/tmp/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
     python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' > "$site/image-packages.pth"
@@ -101,15 +101,18 @@ study() {
         chmod +x "/tmp/venv/bin/$(basename "$f")"
     done
     export PYTHONUNBUFFERED=1 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
-    { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc
+    { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true; nproc
       /tmp/venv/bin/python -c "import torch, flwr, ray; print('torch', torch.__version__, 'flwr', flwr.__version__, 'ray', ray.__version__)"
     } 2>&1 | tee "$out/machine.txt"
-    nvidia-smi dmon -s u -d 5 > "$out/gpu_utilization.txt" 2>&1 &
-    local dmon=$!
+    local dmon=""
+    if command -v nvidia-smi > /dev/null; then
+        nvidia-smi dmon -s u -d 5 > "$out/gpu_utilization.txt" 2>&1 &
+        dmon=$!
+    fi
     timeout "$seconds" /tmp/venv/bin/python -m mefl_app.experiments run --task fmnist --seeds "$seed" --variants "$variant" \
         --gpus-per-client "$gpus" --out /tmp/study --run-config "data-dir='$PWD/$GPU_DIR/data' device='${DEVICE:-cuda}'" 2>&1 | tee "$out/experiments.log" \
         || echo "stopped after $seconds s (or failed): the run folder holds every finished round" | tee -a "$out/experiments.log"
-    kill "$dmon" || true
+    [ -z "$dmon" ] || kill "$dmon" || true
     tar czf "$out/study.tar.gz" --exclude .work -C /tmp study  # the run folder, checkpoint included
 }
 

@@ -102,3 +102,5 @@ for c in 0.0 0.5; do
         --run-config "$FTUNE distill-weight=$c"
     commit "results/fmnist-tuning/c${c/./}" "results: fmnist validation check, multi-exit with C = $c (seed 0, 20 rounds, validation-fraction 0.2)"
 done
+python -m mefl_app.experiments run --task fmnist --seeds 0 --variants se --out "$OUT_REPO/results/fmnist-tuning/se" --run-config "$FTUNE"
+commit results/fmnist-tuning/se "results: fmnist validation check, single-exit reference (seed 0, 20 rounds, validation-fraction 0.2)"

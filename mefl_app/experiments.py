@@ -391,12 +391,15 @@ def _plots(out: Path, runs: dict[str, dict[int, dict[str, Any]]], target: float)
 def write_comparison(folders: Sequence[Path], out_file: Path) -> Path:
     """One row per completed run under ``folders``: strategy, last-round accuracy per exit (all
     three kinds), rounds to target (personalized and central, deepest exit), bytes and wall time."""
-    rows = []
+    rows, tuning = [], []
     for folder in folders:
         for variant, by_seed in sorted(collect(folder).items()):
             for seed, results in sorted(by_seed.items()):
                 exits, last = results["exit_names"], results["rounds"][-1]
-                per_exit = [" / ".join(f"{100 * last[kind][e]['accuracy']:.1f}" for e in exits) for kind in ACCURACY_KINDS]
+                tuning = tuning or _tuning_note(results["run_config"])
+                # A kind a run did not score (tuning runs skip the central test set): n/a.
+                per_exit = [" / ".join(f"{100 * last[kind][e]['accuracy']:.1f}" for e in exits) if kind in last else "n/a"
+                            for kind in ACCURACY_KINDS]
                 reached = " / ".join(str(results["rounds_to_target"].get(kind, {}).get(exits[-1]) or "not reached")
                                      for kind in ("personalized", "central"))
                 megabytes = sum(r["bytes_down"] + r["bytes_up"] for r in results["rounds"]) / 1e6
@@ -408,7 +411,7 @@ def write_comparison(folders: Sequence[Path], out_file: Path) -> Path:
     lines = [f"# Comparison of {len(folders)} run folders", "",
              f"Written by `python -m mefl_app.experiments compare {' '.join(str(f) for f in folders)} --out {out_file}`"
              f" on {datetime.now(timezone.utc).isoformat(timespec='seconds')} from these results files; accuracies"
-             " in % after the last round, per exit (shallowest first).", "",
+             " in % after the last round, per exit (shallowest first).", "", *tuning,
              "| folder | strategy | variant, seed | rounds | personalized | global model, local test parts | "
              "central test set | rounds to target, deepest exit (personalized / central) | MB sent | wall minutes |",
              "|---|---|---|---|---|---|---|---|---|---|", *rows]

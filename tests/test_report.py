@@ -1,4 +1,6 @@
-"""The report's target table from hand-made results: judged per variant present."""
+"""The report's and the comparison's tables from hand-made results."""
+
+import json
 
 from mefl_app import experiments
 
@@ -29,3 +31,23 @@ def test_targets_without_single_exit_runs_are_not_judged_as_missed():
 def test_reports_of_tuning_runs_say_they_score_validation_parts():
     assert experiments._tuning_note({"validation-fraction": 0.0}) == []
     assert "validation part" in experiments._tuning_note({"validation-fraction": 0.2})[0]
+
+
+def test_comparison_of_tuning_runs_marks_the_central_test_set_not_scored(tmp_path):
+    """Tuning runs skip the central test set: their row says n/a there, and the table says that
+    its "local test parts" are validation parts."""
+    exits = ["block1", "block5"]
+    last = {kind: {e: {"accuracy": acc} for e in exits}
+            for kind, acc in (("personalized", 0.9), ("global_local", 0.8))}
+    results = {"status": "completed", "strategy": "FedAvg", "exit_names": exits,
+               "run_config": {"validation-fraction": 0.2},
+               "rounds": [{**last, "bytes_down": 2e6, "bytes_up": 1e6, "seconds": 60.0}],
+               "rounds_to_target": {"personalized": {"block5": 1}}}
+    run = tmp_path / "c0" / "runs" / "me-seed0" / "attempt"
+    run.mkdir(parents=True)
+    (run / "results.json").write_text(json.dumps(results))
+    table = experiments.write_comparison([tmp_path / "c0"], tmp_path / "comparison.md").read_text()
+    row = next(line for line in table.splitlines() if "| me, 0 |" in line)
+    assert [c.strip() for c in row.split("|")[1:-1]] == [
+        "c0", "FedAvg", "me, 0", "1", "90.0 / 90.0", "80.0 / 80.0", "n/a", "1 / not reached", "3", "1.0"]
+    assert "validation part" in table

@@ -95,7 +95,8 @@ campaign fmnist results/fmnist "data-dir='$FMNIST_DIR'" 0
 # The single-exit model has no distillation term, so its seeds do not wait for the check below.
 VARIANTS=se campaign fmnist results/fmnist "data-dir='$FMNIST_DIR'" 1
 # Single-exit ahead in seed 0 (results/fmnist/notes.md): distillation C on local validation data,
-# as for HAR, multi-exit only; 20 rounds (~22 min a run here) to fit a session.
+# as for HAR (both C values, then the single-exit reference); 20 rounds (~29 min a run here) to
+# fit a session.
 FTUNE="data-dir='$FMNIST_DIR' validation-fraction=0.2 num-server-rounds=20"
 for c in 0.0 0.5; do
     python -m mefl_app.experiments run --task fmnist --seeds 0 --variants me --out "$OUT_REPO/results/fmnist-tuning/c${c/./}" \

@@ -27,6 +27,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GPU_DIR=.gpu
+# Wheels for the GPU machine's CPython 3.12 on x86-64.
+PLATFORM=(--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
+          --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+          --platform manylinux1_x86_64)
+
+pins() {  # NAME==VERSION of each named package as this checkout's venv holds it
+    local frozen
+    frozen=$(python -m pip freeze)
+    for p in "$@"; do grep -i "^${p//-/[-_]}==" <<< "$frozen" | head -1; done
+}
 
 prepare() {
     # Flower and what it imports that the GPU machine's image lacks (or holds in another
@@ -35,12 +45,9 @@ prepare() {
                 alembic mako pycryptodome pydantic pydantic-core typing-inspection annotated-types fastapi
                 starlette uvicorn prompt-toolkit wcwidth tomli tomli-w iterators typer click rich anyio h11
                 typing-extensions"
-    local pins=()
-    for p in $pkgs; do pins+=("$(python -m pip freeze | grep -i "^${p//-/[-_]}==" | head -1)"); done
     rm -rf "$GPU_DIR/wheels" && mkdir -p "$GPU_DIR/wheels" "$GPU_DIR/labels"
-    python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-        --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
-        --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$GPU_DIR/wheels" "${pins[@]}"
+    # shellcheck disable=SC2086  # one package name per word
+    python -m pip download -q --no-deps "${PLATFORM[@]}" -d "$GPU_DIR/wheels" $(pins $pkgs)
     cp /usr/share/datasets/fashion-mnist/*-labels-idx1-ubyte.gz "$GPU_DIR/labels/"
     du -sh "$GPU_DIR"
 }
@@ -61,13 +68,10 @@ prepare_study() {
     wheels=$(mktemp -d) site=$(mktemp -d)
     [ -d "$GPU_DIR/wheels" ] || prepare
     cp "$GPU_DIR"/wheels/*.whl "$wheels/"
-    local pins=()  # Ray and what it needs that the GPU machine's image lacks, at this venv's versions
-    for p in ray jsonschema jsonschema-specifications referencing rpds-py; do
-        pins+=("$(python -m pip freeze | grep -i "^${p//-/[-_]}==" | head -1)"); done
-    local platform=(--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
-                    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
-    python -m pip download -q --no-deps "${platform[@]}" -d "$wheels" "${pins[@]}"
-    python -m pip install -q --no-deps --no-compile "${platform[@]}" --target "$site" "$wheels"/*.whl
+    # Ray and what it needs that the GPU machine's image lacks, at this venv's versions.
+    python -m pip download -q --no-deps "${PLATFORM[@]}" -d "$wheels" \
+        $(pins ray jsonschema jsonschema-specifications referencing rpds-py)
+    python -m pip install -q --no-deps --no-compile "${PLATFORM[@]}" --target "$site" "$wheels"/*.whl
     # What the simulation engine never loads: Ray's Java jars, dashboard UI and ML libraries.
     rm -rf "$site"/ray/{jars,dashboard/client,rllib,data,serve,tune,train,llm}
     tar cf - -C "$site" . | xz -9 -T0 > "$GPU_DIR/site.tar.xz"

@@ -17,7 +17,7 @@ from typing import Any
 
 from flwr.common.config import parse_config_args
 
-from .experiments import completed_results, gpu_share, run_configs
+from .experiments import add_client_resources, completed_results, run_configs
 from .processes import interrupt_on_termination
 
 CONFIGS = {
@@ -117,8 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--task", choices=["fmnist", "har"], default="fmnist")
     run.add_argument("--rounds", type=int, default=10)
     run.add_argument("--clients", type=int, default=24)
-    run.add_argument("--cpus-per-client", type=int, default=1)
-    run.add_argument("--gpus-per-client", type=gpu_share, default=0.0, help="share of a GPU each client gets from Ray")
+    add_client_resources(run)
     run.add_argument("--run-config", default="", help="overrides for every run, flwr run syntax")
     run.add_argument("--out", type=Path, required=True)
     report = commands.add_parser("report", help="write report.md and the plot from existing results")

@@ -62,6 +62,14 @@ def gpu_share(text: str) -> float:
     return value
 
 
+def add_client_resources(run: argparse.ArgumentParser) -> None:
+    """``--cpus-per-client`` / ``--gpus-per-client``: what Ray gives each simulated client (every
+    command that runs campaigns takes both)."""
+    run.add_argument("--cpus-per-client", type=int, default=1)
+    run.add_argument("--gpus-per-client", type=gpu_share, default=0.0,
+                     help="share of a GPU each client gets from Ray, e.g. 0.25: four clients share one (default 0)")
+
+
 def completed_results(folder: Path) -> dict[str, Any] | None:
     """The newest completed results file under ``folder`` (a run folder per attempt)."""
     for path in sorted(folder.glob("*/results.json"), reverse=True):
@@ -427,9 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     run.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     run.add_argument("--clients", type=int, default=24, help="simulated SuperNodes (num-supernodes)")
-    run.add_argument("--cpus-per-client", type=int, default=1)
-    run.add_argument("--gpus-per-client", type=gpu_share, default=0.0,
-                     help="share of a GPU each client gets from Ray, e.g. 0.25: four clients share one (default 0)")
+    add_client_resources(run)
     run.add_argument("--run-config", default="", help="overrides for every run, flwr run syntax")
     run.add_argument("--out", type=Path, required=True)
     report = commands.add_parser("report", help="write report.md and plots from existing results (no training)")

@@ -2,6 +2,7 @@
 
     python -m mefl_app.experiments run --task fmnist --seeds 0 1 2 --out results/fmnist
     python -m mefl_app.experiments report --out results/fmnist
+    python -m mefl_app.experiments report --out results/fmnist-c0 --se-from results/fmnist
     python -m mefl_app.experiments compare results/strategies/* --out results/strategies/comparison.md
 
 ``run`` drives the real app through Flower's simulation engine (a private SuperLink, as
@@ -11,8 +12,10 @@ folder already holds a completed ``results.json`` is skipped, and one whose last
 after some finished rounds (or completed fewer rounds than now asked for) is continued from its
 checkpoint (``resume-from``), so an interrupted campaign resumes where it stopped. ``report``
 only reads results files -- it never trains -- and writes ``report.md`` and PNG plots next to them.
-``compare`` puts the final-round accuracies of several ``run`` folders (e.g. one per strategy)
-side by side in one Markdown table, again without training.
+``--se-from`` takes the single-exit runs from another campaign folder, for a campaign that varies
+only the distillation settings (the single-exit model has no distillation term, so rerunning it
+would repeat the same computation). ``compare`` puts the final-round accuracies of several
+``run`` folders (e.g. one per strategy) side by side in one Markdown table, again without training.
 """
 
 from __future__ import annotations
@@ -46,6 +49,10 @@ STUDY = {
     "fmnist": {"personalized_me": 0.8138, "rounds_to_target_me": 8, "target": 0.75},
     "har": {"personalized_me": None, "rounds_to_target_me": None, "target": 0.5},
 }
+# Settings a campaign varies per run, and the distillation settings, which a single-exit run
+# ignores (``multi_exit_loss`` of one exit is plain cross-entropy).
+PER_RUN_KEYS = ("multi-exit", "seed", "partition-seed", "output-dir", "resume-from")
+DISTILL_KEYS = ("distill-weight", "distill-temperature", "distill-teacher")
 KIND_TITLES = {
     "personalized": "personalized (each client's model after local training, its local test part)",
     "global_local": "global model on the clients' local test parts",
@@ -169,6 +176,26 @@ def collect(out: Path) -> dict[str, dict[int, dict[str, Any]]]:
     return found
 
 
+def single_exit_runs_from(folder: Path, me: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """The completed single-exit runs of another campaign folder, checked to share every setting
+    of the multi-exit runs ``me`` except the per-run and distillation ones."""
+    se = collect(folder).get("se", {})
+    if not se:
+        raise SystemExit(f"--se-from {folder}: no completed single-exit results under {folder / 'runs'}")
+
+    def shared(results: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in results["run_config"].items() if k not in PER_RUN_KEYS + DISTILL_KEYS}
+
+    for me_seed, me_results in me.items():
+        for se_seed, se_results in se.items():
+            differ = sorted(k for k in shared(me_results).keys() | shared(se_results).keys()
+                            if shared(me_results).get(k) != shared(se_results).get(k))
+            if differ:
+                raise SystemExit(f"--se-from {folder}: single-exit seed {se_seed} differs from multi-exit seed {me_seed}"
+                                 f" in {', '.join(differ)}; only the distillation settings may differ")
+    return se
+
+
 def final_accuracy(results: dict[str, Any], kind: str, exit_name: str) -> float | None:
     metrics = results["rounds"][-1].get(kind, {}).get(exit_name)
     return None if metrics is None else metrics["accuracy"]
@@ -202,8 +229,14 @@ def _tuning_note(run_config: dict) -> list[str]:
             " scored. These numbers choose settings; they are not results on test data.", ""]
 
 
-def write_report(out: Path) -> Path:
+def write_report(out: Path, se_from: Path | None = None) -> Path:
+    """``report.md`` and the plots of the runs under ``out`` (single-exit runs from ``se_from``
+    instead, where given)."""
     runs = collect(out)
+    if se_from is not None:
+        if "se" in runs:
+            raise SystemExit(f"--se-from {se_from}: {out / 'runs'} holds single-exit runs of its own; use one or the other")
+        runs["se"] = single_exit_runs_from(se_from, runs.get("me", {}))
     if not runs:
         raise SystemExit(f"no completed results under {out / 'runs'}")
     any_results = next(iter(next(iter(runs.values())).values()))
@@ -213,7 +246,7 @@ def write_report(out: Path) -> Path:
     me, se = runs.get("me", {}), runs.get("se", {})
     study = STUDY.get(task, {})
     lines = [f"# Multi-exit vs single-exit federated learning: {task}", ""]
-    lines += _provenance(out, runs)
+    lines += _provenance(out, runs, se_from)
     lines += _tuning_note(any_results["run_config"])
 
     # Table 1
@@ -327,13 +360,13 @@ def _mb(values: list) -> str:
     return f"{statistics.fmean(reached) / 1e6:.1f}" if reached else "n/a"
 
 
-def _provenance(out: Path, runs: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
+def _provenance(out: Path, runs: dict[str, dict[int, dict[str, Any]]], se_from: Path | None = None) -> list[str]:
     lines = ["## Provenance", "", "| run | seeds | rounds | clients | wall time (h, per seed) | started (UTC) | files |", "|---|---|---|---|---|---|---|"]
     for variant, by_seed in sorted(runs.items()):
         first = next(iter(by_seed.values()))
         walls = ", ".join(f"{r['wall_seconds'] / 3600:.2f}" + ("*" if r.get("resumed") else "") for r in by_seed.values())
         clients = len(first["partitions"])
-        files = ", ".join(f"`{Path(r['_path']).relative_to(Path(r['_path']).parents[3])}`" for r in by_seed.values())
+        files = ", ".join(f"`{os.path.relpath(r['_path'], out)}`" for r in by_seed.values())
         lines.append(f"| {variant} | {', '.join(map(str, sorted(by_seed)))} | {len(first['rounds'])} | {clients} | {walls} | "
                      f"{min(r['started_at'] for r in by_seed.values())} | {files} |")
     continued = [f"{variant} seed {seed} after round {', '.join(str(c['after_round']) for c in r['resumed'])}"
@@ -341,12 +374,18 @@ def _provenance(out: Path, runs: dict[str, dict[int, dict[str, Any]]]) -> list[s
     if continued:
         lines += ["", "\\* continued from its checkpoint after a stop (`resume-from`); the wall time includes the stopped "
                   "attempt: " + "; ".join(continued) + "."]
+    if se_from is not None:
+        lines += ["", f"The single-exit runs are those of `{os.path.relpath(se_from, out)}` (`--se-from`; its commands are in"
+                  " its `campaign.json`): this campaign differs from that one only in the distillation settings, which a"
+                  " single-exit model does not use, so its runs are the same computation."]
     campaign = out / "campaign.json"
     if campaign.exists():
         lines += ["", "Commands (from `campaign.json`):", ""]
         lines += [f"- `{c['command']}` — {c['started_at']} on {c['machine']}" for c in json.loads(campaign.read_text())]
     config = next(iter(next(iter(runs.values())).values()))["run_config"]
-    lines += ["", "Run config (shared; `multi-exit`, `seed` and `partition-seed` vary): "
+    varies = "`multi-exit`, `seed` and `partition-seed` vary" + ("; the single-exit runs' distillation settings are"
+                                                                " those of their own folder" if se_from is not None else "")
+    lines += ["", f"Run config (shared; {varies}): "
               + ", ".join(f"`{k}={v}`" for k, v in config.items() if k not in ("multi-exit", "seed", "partition-seed", "output-dir", "resume-from")), ""]
     return lines
 
@@ -440,6 +479,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, required=True)
     report = commands.add_parser("report", help="write report.md and plots from existing results (no training)")
     report.add_argument("--out", type=Path, required=True)
+    for command in (run, report):
+        command.add_argument("--se-from", type=Path, default=None, metavar="FOLDER",
+                             help="report the single-exit runs of this campaign folder (one that differs only in the"
+                                  " distillation settings, which the single-exit model does not use)")
     compare = commands.add_parser("compare", help="one Markdown table of the final accuracies of several run folders")
     compare.add_argument("folders", type=Path, nargs="+", help="folders written by run")
     compare.add_argument("--out", type=Path, required=True, help="the Markdown file to write")
@@ -452,10 +495,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"comparison: {write_comparison(args.folders, args.out)}")
         return
     if args.command == "run":
+        if args.se_from is not None and "se" in args.variants:
+            raise SystemExit("--se-from takes the single-exit runs from another folder: run with --variants me")
         interrupt_on_termination()  # `kill` stops the campaign's Ray cluster and SuperLink too
         run_campaign(args.task, args.seeds, args.variants, args.out, args.clients, args.run_config, args.cpus_per_client,
                      gpus_per_client=args.gpus_per_client)
-    print(f"report: {write_report(args.out)}")
+    print(f"report: {write_report(args.out, args.se_from)}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from mefl_app import experiments
 
 
@@ -51,3 +53,50 @@ def test_comparison_of_tuning_runs_marks_the_central_test_set_not_scored(tmp_pat
     assert [c.strip() for c in row.split("|")[1:-1]] == [
         "c0", "FedAvg", "me, 0", "1", "90.0 / 90.0", "80.0 / 80.0", "n/a", "1 / not reached", "3", "1.0"]
     assert "validation part" in table
+
+
+def write_run(campaign, name: str, config: dict, personalized: float) -> None:
+    """A completed run's results.json, as much of it as the report reads (one round, one client)."""
+    variant = name.split("-")[0]
+    exits = ["block1", "block3", "block5"] if variant == "me" else ["block5"]
+    scores = {kind: {e: {"accuracy": personalized, "per_client": {"0": personalized}} for e in exits}
+              for kind in ("personalized", "global_local", "central")}
+    results = {"status": "completed", "strategy": "FedAvg", "exit_names": exits, "target_accuracy": 0.75,
+               "run_config": {"task": "fmnist", "multi-exit": variant == "me", "seed": int(name[-1]), **config},
+               "rounds": [{**scores, "bytes_down": 2e6, "bytes_up": 1e6, "seconds": 60.0}],
+               "rounds_to_target": {kind: {exits[-1]: 1} for kind in scores},
+               "bytes_to_target": {kind: {exits[-1]: 3e6} for kind in scores},
+               "partitions": [{"train": 10}], "wall_seconds": 60.0, "started_at": "2026-11-28T08:00:00+00:00"}
+    attempt = campaign / "runs" / name / "attempt"
+    attempt.mkdir(parents=True)
+    (attempt / "results.json").write_text(json.dumps(results))
+
+
+def test_report_takes_single_exit_runs_from_a_campaign_that_differs_only_in_distillation(tmp_path):
+    c0, c05 = tmp_path / "fmnist-c0", tmp_path / "fmnist"
+    for seed, acc in ((0, 0.90), (1, 0.92)):
+        write_run(c0, f"me-seed{seed}", {"distill-weight": 0.0}, acc)
+        write_run(c05, f"se-seed{seed}", {"distill-weight": 0.5}, acc + 0.04)
+    write_run(c05, "me-seed0", {"distill-weight": 0.5}, 0.5)  # not taken: only single-exit runs are
+
+    experiments.main(["report", "--out", str(c0), "--se-from", str(c05)])
+    report = (c0 / "report.md").read_text()
+    row = next(line for line in report.splitlines() if line.startswith("| personalized (each"))
+    assert [c.strip() for c in row.split("|")[2:4]] == ["91.00 ± 1.41", "95.00 ± 1.41"]
+    assert "`../fmnist/runs/se-seed0/attempt/results.json`" in report
+    assert "`runs/me-seed0/attempt/results.json`" in report
+    assert "The single-exit runs are those of `../fmnist`" in report
+
+    # Any other difference in settings (here the number of local epochs) is refused.
+    write_run(tmp_path / "e2", "se-seed0", {"distill-weight": 0.5, "local-epochs": 2}, 0.9)
+    with pytest.raises(SystemExit, match="differs from multi-exit seed 0 in local-epochs"):
+        experiments.write_report(c0, tmp_path / "e2")
+    # Single-exit runs in both folders would be ambiguous.
+    write_run(c0, "se-seed0", {"distill-weight": 0.0}, 0.9)
+    with pytest.raises(SystemExit, match="holds single-exit runs of its own"):
+        experiments.write_report(c0, c05)
+
+
+def test_run_with_se_from_runs_the_multi_exit_variant_only(tmp_path):
+    with pytest.raises(SystemExit, match="--variants me"):
+        experiments.main(["run", "--task", "fmnist", "--out", str(tmp_path), "--se-from", str(tmp_path)])

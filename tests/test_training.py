@@ -36,6 +36,20 @@ def test_training_is_deterministic_for_a_seed(task_data):
         torch.testing.assert_close(states[0][key], states[1][key])
 
 
+def test_single_exit_training_ignores_the_distillation_settings(task_data):
+    """Why a campaign that varies only C may reuse another's single-exit runs (``--se-from``)."""
+    states = []
+    for weight, temperature in ((0.0, 3.0), (0.5, 3.0), (0.9, 1.0)):
+        settings = RunSettings(local_epochs=1, distill_weight=weight, distill_temperature=temperature)
+        torch.manual_seed(3)
+        model = MultiExitResNet(exit_after=(5,))
+        train_local(model, task_data.train, settings, generator=torch.Generator().manual_seed(4), device=CPU)
+        states.append(model.state_dict())
+    for other in states[1:]:
+        for key in states[0]:
+            torch.testing.assert_close(states[0][key], other[key], rtol=0, atol=0)
+
+
 def test_proximal_term_keeps_weights_closer_to_the_global_model(task_data):
     settings = RunSettings(local_epochs=1, learning_rate=0.05)
     drift = {}

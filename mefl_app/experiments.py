@@ -386,7 +386,7 @@ def _provenance(out: Path, runs: dict[str, dict[int, dict[str, Any]]], se_from: 
     varies = "`multi-exit`, `seed` and `partition-seed` vary" + ("; the single-exit runs' distillation settings are"
                                                                 " those of their own folder" if se_from is not None else "")
     lines += ["", f"Run config (shared; {varies}): "
-              + ", ".join(f"`{k}={v}`" for k, v in config.items() if k not in ("multi-exit", "seed", "partition-seed", "output-dir", "resume-from")), ""]
+              + ", ".join(f"`{k}={v}`" for k, v in config.items() if k not in PER_RUN_KEYS), ""]
     return lines
 
 

@@ -105,3 +105,9 @@ for c in 0.0 0.5; do
 done
 python -m mefl_app.experiments run --task fmnist --seeds 0 --variants se --out "$OUT_REPO/results/fmnist-tuning/se" --run-config "$FTUNE"
 commit results/fmnist-tuning/se "results: fmnist validation check, single-exit reference (seed 0, 20 rounds, validation-fraction 0.2)"
+# C = 0 won on validation data (results/fmnist-tuning/notes.md): the multi-exit seeds again
+# without distillation. The single-exit runs of results/fmnist stand (the single-exit model has
+# no distillation term), so the report takes them from there (--se-from) instead of rerunning them.
+VARIANTS=me campaign fmnist results/fmnist-c0 "data-dir='$FMNIST_DIR' distill-weight=0.0" 0 1 2
+(cd "$OUT_REPO" && python -m mefl_app.experiments report --out results/fmnist-c0 --se-from results/fmnist)
+commit results/fmnist-c0 "results: fmnist campaign without distillation (C = 0), report with the single-exit runs of results/fmnist"

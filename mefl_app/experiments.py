@@ -262,6 +262,7 @@ def write_report(out: Path, se_from: Path | None = None) -> Path:
                      f"{mean_std([final_accuracy(r, kind, deepest['se']) for r in se.values()]) if se else 'n/a'} | "
                      f"{f'{100 * study_value:.2f}' if study_value else 'n/a'} |")
     lines.append("")
+    lines += _per_seed(me, se, deepest)
 
     # Table 2
     lines += [f"## Table 2: rounds to {100 * target:.0f} % accuracy and communication", "",
@@ -300,6 +301,31 @@ def write_report(out: Path, se_from: Path | None = None) -> Path:
     report = out / "report.md"
     report.write_text("\n".join(lines))
     return report
+
+
+def _per_seed(me: dict, se: dict, deepest: dict) -> list[str]:
+    """Table 1 seed by seed: a seed gives both variants the same shards and initial backbone, so
+    the gap within a seed is a paired comparison that the mean ± std of Table 1 hides."""
+    if not me or not se:
+        return []
+
+    def cell(runs: dict, variant: str, seed: int, kind: str) -> float | None:
+        return final_accuracy(runs[seed], kind, deepest[variant]) if seed in runs else None
+
+    def pct(value: float | None, sign: str = "") -> str:
+        return "n/a" if value is None else f"{100 * value:{sign}.2f}"
+
+    kinds = ("personalized", "central")
+    lines = ["Per seed (deepest exit, %; a seed gives both models the same shards and initial backbone):", "",
+             "| seed | " + " | ".join(f"{kind} ME | {kind} SE | ME − SE" for kind in kinds) + " |",
+             "|---|" + "---|" * 3 * len(kinds)]
+    for seed in sorted(me.keys() | se.keys()):
+        cells = []
+        for kind in kinds:
+            a, b = cell(me, "me", seed, kind), cell(se, "se", seed, kind)
+            cells += [pct(a), pct(b), pct(None if a is None or b is None else a - b, "+")]
+        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _targets(task: str, me: dict, se: dict, deepest: dict) -> list[str]:

@@ -44,6 +44,13 @@ def test_campaign_runs_both_variants_and_reports_from_results_files(tmp_path, mo
     cells = [c.strip() for c in row.split("|")[1:-1]]
     assert cells[1] == f"{100 * me['rounds'][-1]['personalized']['block5']['accuracy']:.2f}"
     assert cells[2] == f"{100 * se['rounds'][-1]['personalized']['block5']['accuracy']:.2f}"
+    # Per seed: the two models of seed 0 side by side, and their gap.
+    paired = next(line for line in report.splitlines() if line.startswith("| 0 |"))
+    final = {v: r["rounds"][-1] for v, r in (("me", me), ("se", se))}
+    assert [c.strip() for c in paired.split("|")[1:-1]] == ["0"] + [
+        text for kind in ("personalized", "central") for text in (
+            f"{100 * final['me'][kind]['block5']['accuracy']:.2f}", f"{100 * final['se'][kind]['block5']['accuracy']:.2f}",
+            f"{100 * (final['me'][kind]['block5']['accuracy'] - final['se'][kind]['block5']['accuracy']):+.2f}")]
     # Table 3: every exit of the multi-exit model.
     table3 = report.split("## Table 3")[1]
     row3 = next(line for line in table3.splitlines() if line.startswith("| central |"))

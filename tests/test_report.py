@@ -100,3 +100,17 @@ def test_report_takes_single_exit_runs_from_a_campaign_that_differs_only_in_dist
 def test_run_with_se_from_runs_the_multi_exit_variant_only(tmp_path):
     with pytest.raises(SystemExit, match="--variants me"):
         experiments.main(["run", "--task", "fmnist", "--out", str(tmp_path), "--se-from", str(tmp_path)])
+
+
+def test_per_seed_table_pairs_the_two_models_of_a_seed():
+    deepest = {"me": "block5", "se": "block5"}
+    me = {0: fake_results(0.93, 1), 1: fake_results(0.90, 1)}
+    se = {0: fake_results(0.92, 1), 2: fake_results(0.95, 1)}
+    rows = [line for line in experiments._per_seed(me, se, deepest) if line.startswith("| ") and not line.startswith("| seed")]
+    # fake_results scores no central test set: n/a there; a seed only one model ran: no gap.
+    assert [[c.strip() for c in row.split("|")[1:-1]] for row in rows] == [
+        ["0", "93.00", "92.00", "+1.00", "n/a", "n/a", "n/a"],
+        ["1", "90.00", "n/a", "n/a", "n/a", "n/a", "n/a"],
+        ["2", "n/a", "95.00", "n/a", "n/a", "n/a", "n/a"],
+    ]
+    assert experiments._per_seed(me, {}, deepest) == []

@@ -186,10 +186,11 @@ def single_exit_runs_from(folder: Path, me: dict[int, dict[str, Any]]) -> dict[i
     def shared(results: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in results["run_config"].items() if k not in PER_RUN_KEYS + DISTILL_KEYS}
 
+    se_shared = {seed: shared(results) for seed, results in se.items()}
     for me_seed, me_results in me.items():
-        for se_seed, se_results in se.items():
-            differ = sorted(k for k in shared(me_results).keys() | shared(se_results).keys()
-                            if shared(me_results).get(k) != shared(se_results).get(k))
+        mine = shared(me_results)
+        for se_seed, theirs in se_shared.items():
+            differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
             if differ:
                 raise SystemExit(f"--se-from {folder}: single-exit seed {se_seed} differs from multi-exit seed {me_seed}"
                                  f" in {', '.join(differ)}; only the distillation settings may differ")

@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from .certificates import NodeKeys, ServerCertificates, make_node_keys, make_server_certificates
-from .processes import (BIN, ManagedProcess, flwr_bin, free_port, interrupt_on_termination, port_is_bound,
-                        run_config_arg, stop_processes)
+from .processes import (BIN, ManagedProcess, deferred_interrupts, flwr_bin, free_port, interrupt_on_termination,
+                        port_is_bound, run_config_arg, stop_processes)
 
 CONNECTION = "mefl-local"
 DEFAULT_APP_DIR = Path(__file__).resolve().parents[1]
@@ -132,23 +132,24 @@ class LocalDeployment:
         self.logs.mkdir(parents=True, exist_ok=True)
         log_path = self.logs / f"{name}.log"
         log = open(log_path, "a")
-        popen = subprocess.Popen(args, env=self.env, cwd=self.app_dir, stderr=subprocess.STDOUT,
-                                 stdout=subprocess.PIPE if self.timestamps else log, text=self.timestamps,
-                                 stdin=subprocess.DEVNULL, start_new_session=True)
-        if self.timestamps:
-            def pump(out: IO[str]) -> None:
-                with out:
-                    for line in popen.stdout:
-                        out.write(f"{datetime.now().isoformat(timespec='milliseconds')} {line}")
-                        out.flush()
+        with deferred_interrupts():  # recorded before Ctrl-C can unwind: close() stops it
+            popen = subprocess.Popen(args, env=self.env, cwd=self.app_dir, stderr=subprocess.STDOUT,
+                                     stdout=subprocess.PIPE if self.timestamps else log, text=self.timestamps,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+            if self.timestamps:
+                def pump(out: IO[str]) -> None:
+                    with out:
+                        for line in popen.stdout:
+                            out.write(f"{datetime.now().isoformat(timespec='milliseconds')} {line}")
+                            out.flush()
 
-            thread = threading.Thread(target=pump, args=(log,), name=f"log-{name}", daemon=True)
-            thread.start()
-            self._pumps.append(thread)
-            log = None  # the pump closes it at the end of the output
-        proc = ManagedProcess(name, popen, log_path, log)
-        with self._lock:
-            self.processes.append(proc)
+                thread = threading.Thread(target=pump, args=(log,), name=f"log-{name}", daemon=True)
+                thread.start()
+                self._pumps.append(thread)
+                log = None  # the pump closes it at the end of the output
+            proc = ManagedProcess(name, popen, log_path, log)
+            with self._lock:
+                self.processes.append(proc)
         return proc
 
     def start_superlink(self, timeout: float = 60) -> None:
@@ -225,7 +226,8 @@ class LocalDeployment:
                 except BaseException as error:  # re-raised below
                     errors.append(error)
 
-            threads = [threading.Thread(target=register_one, args=(n,)) for n in new]
+            # daemon: after Ctrl-C the launcher must not wait for a registration to time out
+            threads = [threading.Thread(target=register_one, args=(n,), daemon=True) for n in new]
             for thread in threads:
                 thread.start()
             for thread in threads:
@@ -287,12 +289,6 @@ class LocalDeployment:
         if config:
             args += ["--run-config", config]
         self.logs.mkdir(parents=True, exist_ok=True)
-        popen = subprocess.Popen(args, env=self.env, cwd=self.workdir, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
-                                 start_new_session=True)
-        proc = ManagedProcess("flwr-run", popen, self.logs / "flwr-run.log")
-        with self._lock:
-            self.processes.append(proc)
         lines: list[str] = []
         timed_out = threading.Event()
 
@@ -300,8 +296,18 @@ class LocalDeployment:
             timed_out.set()
             proc.signal_group(signal.SIGKILL)
 
+        # A daemon timer, started with the process and before Ctrl-C can unwind: a live
+        # non-daemon timer would keep the interpreter from exiting for `timeout` seconds.
         timer = threading.Timer(timeout, give_up)
-        timer.start()
+        timer.daemon = True
+        with deferred_interrupts():
+            popen = subprocess.Popen(args, env=self.env, cwd=self.workdir, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+                                     start_new_session=True)
+            proc = ManagedProcess("flwr-run", popen, self.logs / "flwr-run.log")
+            with self._lock:
+                self.processes.append(proc)
+            timer.start()
         try:
             with open(proc.log_path, "a") as log:
                 for line in popen.stdout:

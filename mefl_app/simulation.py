@@ -16,7 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from .processes import BIN, free_port, run_config_arg
+from .processes import BIN, deferred_interrupts, free_port, run_config_arg
 
 class SimulationSuperLink:
     """``ray_address``: attach every run's simulation to this running Ray cluster instead of
@@ -41,11 +41,12 @@ class SimulationSuperLink:
             f'[superlink]\ndefault = "test"\n\n[superlink.test]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n'
         )
         self.log = open(self.home / "superlink.log", "w")
-        self.process = subprocess.Popen(
-            [str(BIN / "flower-superlink"), "--insecure", "--simulation", "--host", "127.0.0.1",
-             "--port", str(self.port), "--disable-runtime-dependency-installation"],
-            env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        with deferred_interrupts():  # recorded before Ctrl-C can unwind
+            self.process = subprocess.Popen(
+                [str(BIN / "flower-superlink"), "--insecure", "--simulation", "--host", "127.0.0.1",
+                 "--port", str(self.port), "--disable-runtime-dependency-installation"],
+                env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
         deadline = time.monotonic() + 60
         try:
             while time.monotonic() < deadline:
@@ -104,11 +105,12 @@ class RayCluster:
 
     def _start(self, args: list[str], num_cpus: int) -> None:
         log = open(self.temp_dir / f"node{len(self.nodes)}.log", "w")
-        self.nodes.append(subprocess.Popen(
-            [str(BIN / "ray"), "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", str(num_cpus),
-             "--disable-usage-stats", *args],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        ))
+        with deferred_interrupts():  # recorded before Ctrl-C can unwind
+            self.nodes.append(subprocess.Popen(
+                [str(BIN / "ray"), "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", str(num_cpus),
+                 "--disable-usage-stats", *args],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            ))
 
     def __enter__(self) -> RayCluster:
         self.temp_dir.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ The class :class:`LocalDeployment` is the same machinery for tests and scripts.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import re
@@ -437,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
               f"!! process that reaches the port can join as a SuperNode. Local quick look only.\n{bar}", flush=True)
 
     interrupt_on_termination()
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>`: a stuck launcher shows where
     deployment = LocalDeployment(workdir, app_dir, secure=not args.insecure, port=args.port, echo=True,
                                  timestamps=args.timestamps)
     try:

@@ -202,20 +202,39 @@ def deferred_interrupts() -> Iterator[None]:
     """Hold Ctrl-C (and SIGTERM/SIGHUP) until the block is done, then raise it.
 
     For "start a process and record it": an interrupt in between would leave a child that
-    nobody stops. A no-op outside the main thread (only it receives signals)."""
+    nobody stops. A no-op outside the main thread (only it can set handlers). Ignored signals
+    and handlers installed from C (which Python cannot reinstall) are left alone."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught: list[int] = []
-    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in _INTERRUPTS}
+    previous: dict[int, Any] = {}
     try:
+        for sig in _INTERRUPTS:
+            handler = signal.getsignal(sig)
+            if handler is not None and handler != signal.SIG_IGN:
+                previous[sig] = signal.signal(sig, lambda signum, frame: caught.append(signum))
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        _restore_handlers(previous)
     if caught:
         handler = previous[caught[0]]
         if callable(handler):
             handler(caught[0], None)  # KeyboardInterrupt, as if the signal came now
-        elif handler == signal.SIG_DFL:
+        else:  # SIG_DFL
             signal.raise_signal(caught[0])
+
+
+def _restore_handlers(previous: dict[int, Any]) -> None:
+    """``signal.signal`` runs pending handlers before it installs: one already restored may raise
+    KeyboardInterrupt there. Restore every handler all the same, then raise it."""
+    interrupted: BaseException | None = None
+    for sig, handler in previous.items():
+        while True:
+            try:
+                signal.signal(sig, handler)
+                break
+            except KeyboardInterrupt as error:  # not installed yet: try again
+                interrupted = interrupted or error
+    if interrupted is not None:
+        raise interrupted

@@ -1,3 +1,4 @@
+import signal
 import struct
 from pathlib import Path
 
@@ -8,6 +9,20 @@ import torch
 from mefl_app.datasets import TaskData, TensorData
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def ctrl_c_armed():
+    """Tests send SIGINT as a terminal's Ctrl-C would. A suite started as a background job of a
+    script (``pytest &``) inherits SIGINT ignored (POSIX), and an ignored signal stays ignored
+    across exec: every launcher a test starts would be deaf to it. Re-arm it for the session;
+    caught signals reset to the default in children."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        yield
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    else:
+        yield
 
 
 def synthetic_task(n=600, num_classes=10, seed=0, name="fmnist") -> TaskData:

@@ -244,7 +244,13 @@ def test_ctrl_c_stops_every_process_of_an_insecure_local_deployment(tmp_path, fm
         wait_for(lambda: "starting the run" in "".join(lines), 90, "the SuperNodes to come online")
         assert processes_of(workdir / "flwr-home")
         os.kill(proc.pid, signal.SIGINT)
-        assert proc.wait(timeout=60) == 130
+        try:
+            returncode = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGUSR1)  # the launcher prints every thread's stack
+            time.sleep(2)
+            raise AssertionError("the launcher did not stop within 60 s of SIGINT:\n" + "".join(lines)[-6000:])
+        assert returncode == 130
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -84,3 +84,14 @@ def test_deferred_interrupts_leaves_signals_alone_outside_the_main_thread():
     thread.start()
     thread.join()
     assert handlers == [signal.default_int_handler]
+
+
+def test_an_ignored_sigint_stays_ignored():
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with deferred_interrupts():
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+            signal.raise_signal(signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # and nothing raised
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -49,10 +49,10 @@ STUDY = {
     "fmnist": {"personalized_me": 0.8138, "rounds_to_target_me": 8, "target": 0.75},
     "har": {"personalized_me": None, "rounds_to_target_me": None, "target": 0.5},
 }
-# Settings a campaign varies per run, and the distillation settings, which a single-exit run
+# Settings a campaign varies per run, and the multi-exit loss settings, which a single-exit run
 # ignores (``multi_exit_loss`` of one exit is plain cross-entropy).
 PER_RUN_KEYS = ("multi-exit", "seed", "partition-seed", "output-dir", "resume-from")
-DISTILL_KEYS = ("distill-weight", "distill-temperature", "distill-teacher")
+DISTILL_KEYS = ("distill-weight", "distill-temperature", "distill-teacher", "exit-loss-weights")
 KIND_TITLES = {
     "personalized": "personalized (each client's model after local training, its local test part)",
     "global_local": "global model on the clients' local test parts",

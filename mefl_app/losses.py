@@ -23,8 +23,9 @@ def multi_exit_loss(
     distill_weight: float,
     temperature: float,
     teacher: str = "last",
+    exit_weights: Sequence[float] | None = None,
 ) -> Tensor:
-    """Sum over exits of each exit's loss.
+    """Sum over exits of each exit's loss, exit k's times ``exit_weights[k]`` (default all 1).
 
     With C = ``distill_weight`` and T = ``temperature``, exit k < K gets
     ``(1 - C) * CE(z_k, y) + C * T^2 * KL(softmax(z_t / T) || softmax(z_k / T))`` where the
@@ -41,16 +42,19 @@ def multi_exit_loss(
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if teacher not in TEACHERS:
         raise ValueError(f"teacher must be one of {TEACHERS}, got {teacher!r}")
+    weights = [1.0] * len(logits) if exit_weights is None else list(exit_weights)
+    if len(weights) != len(logits) or any(w < 0 for w in weights):
+        raise ValueError(f"exit_weights must be {len(logits)} numbers >= 0, got {exit_weights!r}")
 
     *students, deepest = logits
-    total = F.cross_entropy(deepest, target)
+    total = weights[-1] * F.cross_entropy(deepest, target)
     for k, student in enumerate(students):
         ce = F.cross_entropy(student, target)
         if distill_weight == 0.0:
-            total = total + ce
+            total = total + weights[k] * ce
             continue
         teacher_logits = deepest if teacher == "last" else logits[k + 1]
         soft_target = F.softmax(teacher_logits.detach() / temperature, dim=1)
         kl = F.kl_div(F.log_softmax(student / temperature, dim=1), soft_target, reduction="batchmean")
-        total = total + (1.0 - distill_weight) * ce + distill_weight * temperature**2 * kl
+        total = total + weights[k] * ((1.0 - distill_weight) * ce + distill_weight * temperature**2 * kl)
     return total

@@ -88,6 +88,7 @@ class RunSettings:
     distill_weight: float = 0.5
     distill_temperature: float = 3.0
     distill_teacher: str = "last"
+    exit_loss_weights: str = ""
     # local training
     local_epochs: int = 5
     batch_size: int = 32
@@ -133,6 +134,7 @@ class RunSettings:
         self.exit_blocks  # parses and validates exit-after
         self.thresholds  # parses early-exit-thresholds
         self.profile_levels  # parses exit-profile
+        self.loss_weights()  # parses exit-loss-weights
 
     @property
     def exit_blocks(self) -> tuple[int, ...]:
@@ -148,6 +150,21 @@ class RunSettings:
             raise SettingsError(
                 f"exit-after must be increasing numbers in 1..{DEPTH[self.task]} for task {self.task!r}, got {text!r}")
         return blocks if self.multi_exit else blocks[-1:]
+
+    def loss_weights(self, num_exits: int | None = None) -> tuple[float, ...] | None:
+        """``exit-loss-weights`` for a model with the first ``num_exits`` exits (default all);
+        None: every exit weighs 1. A single-exit model ignores them (plain cross-entropy)."""
+        if not self.exit_loss_weights or not self.multi_exit:
+            return None
+        exits = len((self.exit_after or DEFAULT_EXITS[self.task]).split(","))  # as exit_blocks, multi-exit
+        try:
+            values = tuple(float(w) for w in self.exit_loss_weights.split(","))
+        except ValueError:
+            values = ()
+        if len(values) != exits or any(w < 0 for w in values) or values[-1] <= 0:
+            raise SettingsError(f"exit-loss-weights must be {exits} comma-separated numbers >= 0 (one per exit, "
+                                f"the deepest > 0), got {self.exit_loss_weights!r}")
+        return values[:num_exits or exits]
 
     @property
     def thresholds(self) -> tuple[float, ...]:

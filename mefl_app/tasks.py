@@ -46,7 +46,7 @@ def model_costs(settings: RunSettings, num_classes: int, input_shape: tuple[int,
     x, y = torch.randn(2, *input_shape), torch.zeros(2, dtype=torch.long)
     with flop_counter() as counter:
         multi_exit_loss(model(x), y, distill_weight=settings.distill_weight, temperature=settings.distill_temperature,
-                        teacher=settings.distill_teacher).backward()
+                        teacher=settings.distill_teacher, exit_weights=settings.loss_weights(model.num_exits)).backward()
     return forward, counter.get_total_flops() / 2 / 1e6
 
 

@@ -47,6 +47,7 @@ def train_local(
     needs ``max-grad-norm > 0``).
     """
     model.train()
+    exit_weights = settings.loss_weights(model.num_exits)  # a level-k client: exits 1..k
     optimizer = torch.optim.SGD(
         model.parameters(), lr=settings.learning_rate, momentum=settings.momentum, weight_decay=settings.weight_decay
     )
@@ -64,6 +65,7 @@ def train_local(
                 distill_weight=settings.distill_weight,
                 temperature=settings.distill_temperature,
                 teacher=settings.distill_teacher,
+                exit_weights=exit_weights,
             )
             if anchor is not None:
                 loss = loss + proximal_mu / 2 * sum((p - a).pow(2).sum() for p, a in zip(model.parameters(), anchor))

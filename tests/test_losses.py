@@ -48,6 +48,20 @@ def test_zero_weight_is_exactly_the_sum_of_cross_entropies():
     assert torch.equal(loss, F.cross_entropy(logits[2], y) + F.cross_entropy(logits[0], y) + F.cross_entropy(logits[1], y))
 
 
+@pytest.mark.parametrize("C", [0.0, 0.5])
+def test_exit_weights_scale_each_exit_term(C):
+    torch.manual_seed(0)
+    logits, y = [torch.randn(8, 10) for _ in range(3)], torch.randint(0, 10, (8,))
+    terms = []
+    for k in range(3):  # exit k's term alone: the other exits weigh 0
+        weights = [0.0, 0.0, 0.0]
+        weights[k] = 1.0
+        terms.append(multi_exit_loss(logits, y, distill_weight=C, temperature=3.0, exit_weights=weights))
+    assert sum(terms).item() == pytest.approx(multi_exit_loss(logits, y, distill_weight=C, temperature=3.0).item(), rel=1e-6)
+    weighted = multi_exit_loss(logits, y, distill_weight=C, temperature=3.0, exit_weights=[0.5, 0.25, 2.0])
+    assert weighted.item() == pytest.approx((0.5 * terms[0] + 0.25 * terms[1] + 2.0 * terms[2]).item(), rel=1e-6)
+
+
 def test_single_exit_is_plain_cross_entropy():
     z, y = torch.randn(4, 10), torch.randint(0, 10, (4,))
     assert torch.equal(multi_exit_loss([z], y, distill_weight=0.7, temperature=2.0), F.cross_entropy(z, y))
@@ -82,6 +96,8 @@ def test_next_teacher_gets_only_its_own_loss_gradient():
     ({"distill_weight": 1.5, "temperature": 1.0}, "distill_weight"),
     ({"distill_weight": 0.5, "temperature": 0.0}, "temperature"),
     ({"distill_weight": 0.5, "temperature": 1.0, "teacher": "first"}, "teacher"),
+    ({"distill_weight": 0.5, "temperature": 1.0, "exit_weights": [1.0, 1.0]}, "exit_weights"),
+    ({"distill_weight": 0.5, "temperature": 1.0, "exit_weights": [-1.0]}, "exit_weights"),
 ])
 def test_bad_arguments_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -27,6 +27,15 @@ def test_single_exit_keeps_only_the_last_exit():
     assert RunSettings(multi_exit=False).exit_blocks == (5,)
 
 
+def test_exit_loss_weights_per_model():
+    s = RunSettings(exit_loss_weights="0.5,0.25,1")
+    assert s.loss_weights() == (0.5, 0.25, 1.0)
+    assert s.loss_weights(2) == (0.5, 0.25)  # a level-2 client trains exits 1-2
+    assert RunSettings().loss_weights() is None  # default: all 1
+    assert RunSettings(exit_loss_weights="0.5,0.25,1", multi_exit=False).loss_weights() is None
+    assert RunSettings(task="har", exit_after="1,3", exit_loss_weights="0.5,1").loss_weights() == (0.5, 1.0)
+
+
 @pytest.mark.parametrize("overrides, message", [
     ("task='cifar'", "task must be one of fmnist, har"),
     ("dp='laplace'", "dp must be one of none, fixed, adaptive"),
@@ -37,6 +46,10 @@ def test_single_exit_keeps_only_the_last_exit():
     ("test-fraction=0.0", "test-fraction"),
     ("local-epochs='five'", "local-epochs must be an integer"),
     ("exit-after='3,1'", "exit-after"),
+    ("exit-loss-weights='1,1'", "exit-loss-weights must be 3"),
+    ("exit-loss-weights='1,-1,1'", "exit-loss-weights"),
+    ("exit-loss-weights='1,1,0'", "the deepest > 0"),
+    ("exit-loss-weights='a,b,c'", "exit-loss-weights"),
     ("norm='layer'", "norm must be one of"),
     ("distill-weight=2.0", "distill-weight"),
     ("unknown-key=1", "unknown-key"),

@@ -50,6 +50,17 @@ def test_single_exit_training_ignores_the_distillation_settings(task_data):
             torch.testing.assert_close(states[0][key], other[key], rtol=0, atol=0)
 
 
+def test_exit_loss_weights_reach_local_training(task_data):
+    """Weight 0 on exits 1-2: their heads get no gradient (no weight decay here), exit 3's does."""
+    settings = RunSettings(local_epochs=1, weight_decay=0.0, exit_loss_weights="0,0,1")
+    torch.manual_seed(3)
+    model = MultiExitResNet()
+    before = [[p.detach().clone() for p in head.parameters()] for head in model.exits]
+    train_local(model, task_data.train, settings, generator=torch.Generator().manual_seed(4), device=CPU)
+    changed = [any(not torch.equal(b, p) for b, p in zip(old, head.parameters())) for old, head in zip(before, model.exits)]
+    assert changed == [False, False, True]
+
+
 def test_proximal_term_keeps_weights_closer_to_the_global_model(task_data):
     settings = RunSettings(local_epochs=1, learning_rate=0.05)
     drift = {}

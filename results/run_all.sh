@@ -114,3 +114,17 @@ VARIANTS=me campaign fmnist results/fmnist-c0 "data-dir='$FMNIST_DIR' distill-we
 VARIANTS=se campaign fmnist results/fmnist "data-dir='$FMNIST_DIR'" 2
 (cd "$OUT_REPO" && python -m mefl_app.experiments report --out results/fmnist-c0 --se-from results/fmnist)
 commit results/fmnist-c0 "results: fmnist campaign without distillation (C = 0), report with the single-exit runs of results/fmnist"
+# Still level within the spread with C = 0 (results/har-c0/notes.md): the balance between the
+# exits, on HAR validation data (seed 0, 50 rounds): early exits at half weight, and the
+# equal-weight C = 0 run again on the current code (partition-order aggregation) as its reference.
+python -m mefl_app.experiments run --task har --seeds 0 --variants me --out "$OUT_REPO/results/har-tuning/w05" \
+    --run-config "$TUNE50 max-grad-norm=1.0 distill-weight=0.0 exit-loss-weights='0.5,0.5,1'"
+commit results/har-tuning/w05 "results: HAR validation check, exit-loss-weights 0.5,0.5,1"
+python -m mefl_app.experiments run --task har --seeds 0 --variants me --out "$OUT_REPO/results/har-tuning/c0-rerun" \
+    --run-config "$TUNE50 max-grad-norm=1.0 distill-weight=0.0"
+commit results/har-tuning/c0-rerun "results: HAR validation check, C = 0 equal weights on the current code"
+# Half weight won on validation data (results/har-w05/notes.md): the HAR test campaign with it;
+# the single-exit model ignores loss weights, so its runs come from results/har-c0 (--se-from).
+VARIANTS=me campaign har results/har-w05 "$HAR_SETTINGS distill-weight=0.0 exit-loss-weights='0.5,0.5,1'" 0 1 2
+(cd "$OUT_REPO" && python -m mefl_app.experiments report --out results/har-w05 --se-from results/har-c0)
+commit results/har-w05 "results: HAR campaign with exit-loss-weights 0.5,0.5,1, report with the single-exit runs of results/har-c0"

@@ -52,7 +52,7 @@ STUDY = {
 # Settings a campaign varies per run, and the multi-exit loss settings, which a single-exit run
 # ignores (``multi_exit_loss`` of one exit is plain cross-entropy).
 PER_RUN_KEYS = ("multi-exit", "seed", "partition-seed", "output-dir", "resume-from")
-DISTILL_KEYS = ("distill-weight", "distill-temperature", "distill-teacher", "exit-loss-weights")
+LOSS_KEYS = ("distill-weight", "distill-temperature", "distill-teacher", "exit-loss-weights")
 KIND_TITLES = {
     "personalized": "personalized (each client's model after local training, its local test part)",
     "global_local": "global model on the clients' local test parts",
@@ -178,13 +178,13 @@ def collect(out: Path) -> dict[str, dict[int, dict[str, Any]]]:
 
 def single_exit_runs_from(folder: Path, me: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
     """The completed single-exit runs of another campaign folder, checked to share every setting
-    of the multi-exit runs ``me`` except the per-run and distillation ones."""
+    of the multi-exit runs ``me`` except the per-run and multi-exit loss ones."""
     se = collect(folder).get("se", {})
     if not se:
         raise SystemExit(f"--se-from {folder}: no completed single-exit results under {folder / 'runs'}")
 
     def shared(results: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in results["run_config"].items() if k not in PER_RUN_KEYS + DISTILL_KEYS}
+        return {k: v for k, v in results["run_config"].items() if k not in PER_RUN_KEYS + LOSS_KEYS}
 
     se_shared = {seed: shared(results) for seed, results in se.items()}
     for me_seed, me_results in me.items():
@@ -193,7 +193,7 @@ def single_exit_runs_from(folder: Path, me: dict[int, dict[str, Any]]) -> dict[i
             differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
             if differ:
                 raise SystemExit(f"--se-from {folder}: single-exit seed {se_seed} differs from multi-exit seed {me_seed}"
-                                 f" in {', '.join(differ)}; only the distillation settings may differ")
+                                 f" in {', '.join(differ)}; only the multi-exit loss settings may differ")
     return se
 
 

@@ -36,11 +36,12 @@ def test_training_is_deterministic_for_a_seed(task_data):
         torch.testing.assert_close(states[0][key], states[1][key])
 
 
-def test_single_exit_training_ignores_the_distillation_settings(task_data):
-    """Why a campaign that varies only C may reuse another's single-exit runs (``--se-from``)."""
+def test_single_exit_training_ignores_the_multi_exit_loss_settings(task_data):
+    """Why a campaign that varies only C, T or the exit weights may reuse another's single-exit runs (``--se-from``)."""
     states = []
-    for weight, temperature in ((0.0, 3.0), (0.5, 3.0), (0.9, 1.0)):
-        settings = RunSettings(local_epochs=1, distill_weight=weight, distill_temperature=temperature)
+    for weight, temperature, exit_weights in ((0.0, 3.0, ""), (0.5, 3.0, ""), (0.9, 1.0, "0.2,0.2,3")):
+        settings = RunSettings(local_epochs=1, multi_exit=False, distill_weight=weight, distill_temperature=temperature,
+                               exit_loss_weights=exit_weights)
         torch.manual_seed(3)
         model = MultiExitResNet(exit_after=(5,))
         train_local(model, task_data.train, settings, generator=torch.Generator().manual_seed(4), device=CPU)

@@ -183,6 +183,9 @@ def stop_processes(processes: list[ManagedProcess], grace: float = 10.0, first: 
             proc.log.close()
 
 
+_TERMINATIONS = (signal.SIGTERM, signal.SIGHUP)
+
+
 def interrupt_on_termination() -> None:
     """Turn SIGTERM and SIGHUP into KeyboardInterrupt, so that a command stopped by ``kill`` or a
     closed terminal unwinds like Ctrl-C and its ``with`` blocks stop the processes they started
@@ -190,11 +193,11 @@ def interrupt_on_termination() -> None:
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    for sig in _TERMINATIONS:
         signal.signal(sig, interrupt)
 
 
-_INTERRUPTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_INTERRUPTS = (signal.SIGINT, *_TERMINATIONS)
 
 
 @contextmanager

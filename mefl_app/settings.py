@@ -156,7 +156,7 @@ class RunSettings:
         None: every exit weighs 1. A single-exit model ignores them (plain cross-entropy)."""
         if not self.exit_loss_weights or not self.multi_exit:
             return None
-        exits = len((self.exit_after or DEFAULT_EXITS[self.task]).split(","))  # as exit_blocks, multi-exit
+        exits = len(self.exit_blocks)  # multi-exit here: every exit
         try:
             values = tuple(float(w) for w in self.exit_loss_weights.split(","))
         except ValueError:

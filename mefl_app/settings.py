@@ -133,8 +133,13 @@ class RunSettings:
                 raise SettingsError(f"{name.replace('_', '-')} {requirement}, got {value!r}")
         self.exit_blocks  # parses and validates exit-after
         self.thresholds  # parses early-exit-thresholds
-        self.profile_levels  # parses exit-profile
-        self.loss_weights()  # parses exit-loss-weights
+        weights = self.loss_weights()  # parses exit-loss-weights
+        if weights and self.exit_training == "partial":  # a level-k client trains on exits 1..k only
+            for level in sorted(set(self.profile_levels)):  # parses exit-profile
+                if not any(weights[:level]):
+                    raise SettingsError(
+                        f"exit-loss-weights {self.exit_loss_weights!r} give the level-{level} clients of exit-profile "
+                        f"a zero loss (exits 1..{level} all weigh 0): give one of those exits a weight > 0")
 
     @property
     def exit_blocks(self) -> tuple[int, ...]:

@@ -34,6 +34,10 @@ def test_exit_loss_weights_per_model():
     assert RunSettings().loss_weights() is None  # default: all 1
     assert RunSettings(exit_loss_weights="0.5,0.25,1", multi_exit=False).loss_weights() is None
     assert RunSettings(task="har", exit_after="1,3", exit_loss_weights="0.5,1").loss_weights() == (0.5, 1.0)
+    # exits nobody trains on alone may weigh 0: level-2 clients still train exit 2, and with
+    # exclusive exit training the level-1 clients do not train at all
+    RunSettings(exit_loss_weights="0,1,1", exit_profile="2:2,3:2").validate()
+    RunSettings(exit_loss_weights="0,1,1", exit_profile="1:2,3:2", exit_training="exclusive").validate()
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -50,6 +54,7 @@ def test_exit_loss_weights_per_model():
     ("exit-loss-weights='1,-1,1'", "exit-loss-weights"),
     ("exit-loss-weights='1,1,0'", "the deepest > 0"),
     ("exit-loss-weights='a,b,c'", "exit-loss-weights"),
+    ("exit-loss-weights='0,1,1' exit-profile='1:2,3:2'", "level-1 clients of exit-profile a zero loss"),
     ("norm='layer'", "norm must be one of"),
     ("distill-weight=2.0", "distill-weight"),
     ("unknown-key=1", "unknown-key"),

@@ -133,9 +133,10 @@ class RunSettings:
                 raise SettingsError(f"{name.replace('_', '-')} {requirement}, got {value!r}")
         self.exit_blocks  # parses and validates exit-after
         self.thresholds  # parses early-exit-thresholds
+        levels = self.profile_levels  # parses exit-profile
         weights = self.loss_weights()  # parses exit-loss-weights
         if weights and self.exit_training == "partial":  # a level-k client trains on exits 1..k only
-            for level in sorted(set(self.profile_levels)):  # parses exit-profile
+            for level in sorted(set(levels)):
                 if not any(weights[:level]):
                     raise SettingsError(
                         f"exit-loss-weights {self.exit_loss_weights!r} give the level-{level} clients of exit-profile "

@@ -12,9 +12,9 @@ folder already holds a completed ``results.json`` is skipped, and one whose last
 after some finished rounds (or completed fewer rounds than now asked for) is continued from its
 checkpoint (``resume-from``), so an interrupted campaign resumes where it stopped. ``report``
 only reads results files -- it never trains -- and writes ``report.md`` and PNG plots next to them.
-``--se-from`` takes the single-exit runs from another campaign folder, for a campaign that varies
-only the distillation settings (the single-exit model has no distillation term, so rerunning it
-would repeat the same computation). ``compare`` puts the final-round accuracies of several
+``--se-from`` takes the single-exit runs of the same seeds from another campaign folder, for a
+campaign that varies only the multi-exit loss settings (the single-exit model has no
+distillation term, so rerunning it would repeat the same computation). ``compare`` puts the final-round accuracies of several
 ``run`` folders (e.g. one per strategy) side by side in one Markdown table, again without training.
 """
 
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from flwr.common.config import parse_config_args
+from scipy.stats import binomtest, ttest_1samp
 
 from .processes import interrupt_on_termination
 from .results import ACCURACY_KINDS
@@ -177,11 +178,15 @@ def collect(out: Path) -> dict[str, dict[int, dict[str, Any]]]:
 
 
 def single_exit_runs_from(folder: Path, me: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
-    """The completed single-exit runs of another campaign folder, checked to share every setting
-    of the multi-exit runs ``me`` except the per-run and multi-exit loss ones."""
+    """The completed single-exit runs of another campaign folder for the seeds of the multi-exit
+    runs ``me`` (a paired comparison: the other folder may hold more seeds), checked to share
+    every setting of ``me`` except the per-run and multi-exit loss ones."""
     se = collect(folder).get("se", {})
+    if me:
+        se = {seed: results for seed, results in se.items() if seed in me}
     if not se:
-        raise SystemExit(f"--se-from {folder}: no completed single-exit results under {folder / 'runs'}")
+        raise SystemExit(f"--se-from {folder}: no completed single-exit results under {folder / 'runs'}"
+                         + (f" for seed(s) {', '.join(map(str, sorted(me)))}" if me else ""))
 
     def shared(results: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in results["run_config"].items() if k not in PER_RUN_KEYS + LOSS_KEYS}
@@ -320,13 +325,37 @@ def _per_seed(me: dict, se: dict, deepest: dict) -> list[str]:
     lines = ["Per seed (deepest exit, %; a seed gives both models the same shards and initial backbone):", "",
              "| seed | " + " | ".join(f"{kind} ME | {kind} SE | ME − SE" for kind in kinds) + " |",
              "|---|" + "---|" * 3 * len(kinds)]
+    gaps: dict[str, list[float]] = {kind: [] for kind in kinds}
     for seed in sorted(me.keys() | se.keys()):
         cells = []
         for kind in kinds:
             a, b = cell(me, "me", seed, kind), cell(se, "se", seed, kind)
-            cells += [pct(a), pct(b), pct(None if a is None or b is None else a - b, "+")]
+            gap = None if a is None or b is None else a - b
+            cells += [pct(a), pct(b), pct(gap, "+")]
+            if gap is not None:
+                gaps[kind].append(gap)
         lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+    summaries = [f"{kind} {paired_summary(values)}" for kind, values in gaps.items() if values]
+    if summaries:
+        lines += ["", "Paired over the seeds both models completed (ME − SE, points): " + "; ".join(summaries) + "."]
     return lines + [""]
+
+
+def paired_summary(gaps: Sequence[float]) -> str:
+    """Mean ± std of the per-seed gaps ME − SE, how many favour ME, and two one-sided p-values
+    for "ME ahead": the sign test (no assumption on the gaps' distribution; ties dropped) and the
+    paired t-test (assumes roughly normal gaps). The gaps' own spread, not the two models' spreads
+    added, is what a paired comparison is judged against."""
+    n = len(gaps)
+    text = f"{100 * statistics.fmean(gaps):+.2f}" + (f" ± {100 * statistics.stdev(gaps):.2f}" if n > 1 else "")
+    ahead, untied = sum(g > 0 for g in gaps), sum(g != 0 for g in gaps)
+    text += f", ME ahead in {ahead} of {n}"
+    tests = []
+    if untied:
+        tests.append(f"sign test p = {binomtest(ahead, untied, 0.5, alternative='greater').pvalue:.3g}")
+    if n > 1 and statistics.stdev(gaps) > 0:
+        tests.append(f"paired t-test p = {ttest_1samp(gaps, 0.0, alternative='greater').pvalue:.3g}")
+    return text + (f" (one-sided {', '.join(tests)})" if tests else "")
 
 
 def _targets(task: str, me: dict, se: dict, deepest: dict) -> list[str]:

@@ -78,6 +78,7 @@ def test_report_takes_single_exit_runs_from_a_campaign_that_differs_only_in_dist
         write_run(c0, f"me-seed{seed}", {"distill-weight": 0.0}, acc)
         write_run(c05, f"se-seed{seed}", {"distill-weight": 0.5}, acc + 0.04)
     write_run(c05, "me-seed0", {"distill-weight": 0.5}, 0.5)  # not taken: only single-exit runs are
+    write_run(c05, "se-seed2", {"distill-weight": 0.5}, 0.5)  # not taken: no multi-exit seed 2 to pair it with
 
     experiments.main(["report", "--out", str(c0), "--se-from", str(c05)])
     report = (c0 / "report.md").read_text()
@@ -86,6 +87,7 @@ def test_report_takes_single_exit_runs_from_a_campaign_that_differs_only_in_dist
     assert "`../fmnist/runs/se-seed0/attempt/results.json`" in report
     assert "`runs/me-seed0/attempt/results.json`" in report
     assert "The single-exit runs are those of `../fmnist`" in report
+    assert "se-seed2" not in report
 
     # Any other difference in settings (here the number of local epochs) is refused.
     write_run(tmp_path / "e2", "se-seed0", {"distill-weight": 0.5, "local-epochs": 2}, 0.9)
@@ -113,4 +115,17 @@ def test_per_seed_table_pairs_the_two_models_of_a_seed():
         ["1", "90.00", "n/a", "n/a", "n/a", "n/a", "n/a"],
         ["2", "n/a", "95.00", "n/a", "n/a", "n/a", "n/a"],
     ]
+    # Only seed 0 has both models: one gap, no spread, no t-test.
+    assert "personalized +1.00, ME ahead in 1 of 1 (one-sided sign test p = 0.5)." in "\n".join(
+        experiments._per_seed(me, se, deepest))
     assert experiments._per_seed(me, {}, deepest) == []
+
+
+def test_paired_summary_judges_the_gaps_of_the_seeds():
+    # Three gaps of +1.94 / +0.65 / +0.91 points (results/har-c0, seeds 0-2): all favour ME.
+    text = experiments.paired_summary([0.0194, 0.0065, 0.0091])
+    assert text.startswith("+1.17 ± 0.68, ME ahead in 3 of 3")
+    assert "sign test p = 0.125" in text  # 1/2**3
+    assert text.endswith("paired t-test p = 0.0488)")  # t = 1.17 / (0.68 / sqrt 3) = 2.97, 2 dof
+    # A tie counts for neither side and leaves the sign test.
+    assert experiments.paired_summary([0.01, 0.0, -0.01]).startswith("+0.00 ± 1.00, ME ahead in 1 of 3 (one-sided sign test p = 0.75")

@@ -14,8 +14,9 @@ checkpoint (``resume-from``), so an interrupted campaign resumes where it stoppe
 only reads results files -- it never trains -- and writes ``report.md`` and PNG plots next to them.
 ``--se-from`` takes the single-exit runs of the same seeds from another campaign folder, for a
 campaign that varies only the multi-exit loss settings (the single-exit model has no
-distillation term, so rerunning it would repeat the same computation). ``compare`` puts the final-round accuracies of several
-``run`` folders (e.g. one per strategy) side by side in one Markdown table, again without training.
+distillation term, so rerunning it would repeat the same computation). ``compare`` puts the
+final-round accuracies of several ``run`` folders (e.g. one per strategy) side by side in one
+Markdown table, again without training.
 """
 
 from __future__ import annotations

@@ -34,8 +34,8 @@ def test_exit_loss_weights_per_model():
     assert RunSettings().loss_weights() is None  # default: all 1
     assert RunSettings(exit_loss_weights="0.5,0.25,1", multi_exit=False).loss_weights() is None
     assert RunSettings(task="har", exit_after="1,3", exit_loss_weights="0.5,1").loss_weights() == (0.5, 1.0)
-    # exits nobody trains on alone may weigh 0: level-2 clients still train exit 2, and with
-    # exclusive exit training the level-1 clients do not train at all
+    # Exit 1 may weigh 0 when no client trains on it alone: level-2 clients still have exit 2,
+    # and with exclusive exit training the level-1 clients do not train at all.
     RunSettings(exit_loss_weights="0,1,1", exit_profile="2:2,3:2").validate()
     RunSettings(exit_loss_weights="0,1,1", exit_profile="1:2,3:2", exit_training="exclusive").validate()
 

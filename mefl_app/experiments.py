@@ -348,13 +348,14 @@ def paired_summary(gaps: Sequence[float]) -> str:
     paired t-test (assumes roughly normal gaps). The gaps' own spread, not the two models' spreads
     added, is what a paired comparison is judged against."""
     n = len(gaps)
-    text = f"{100 * statistics.fmean(gaps):+.2f}" + (f" ± {100 * statistics.stdev(gaps):.2f}" if n > 1 else "")
+    std = statistics.stdev(gaps) if n > 1 else None
+    text = f"{100 * statistics.fmean(gaps):+.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
     ahead, untied = sum(g > 0 for g in gaps), sum(g != 0 for g in gaps)
     text += f", ME ahead in {ahead} of {n}"
     tests = []
     if untied:
         tests.append(f"sign test p = {binomtest(ahead, untied, 0.5, alternative='greater').pvalue:.3g}")
-    if n > 1 and statistics.stdev(gaps) > 0:
+    if std:  # a t-test needs two gaps that differ
         tests.append(f"paired t-test p = {ttest_1samp(gaps, 0.0, alternative='greater').pvalue:.3g}")
     return text + (f" (one-sided {', '.join(tests)})" if tests else "")
 

@@ -62,7 +62,7 @@ def train(msg: Message, context: Context) -> Message:
     part, per exit: the personalized accuracy."""
     local = _prepare(msg, context)
     settings, shard, model = local.settings, local.shard, local.model
-    trains = settings.exit_training == "partial" or local.level == len(settings.exit_blocks)
+    trains = settings.trains_at(local.level)
     server_round = int(msg.content["config"]["server-round"])
     # One seed per (run seed, round, client): batch order and dropout repeat exactly.
     seed = settings.seed * 1_000_003 + server_round * 1_009 + shard.partition_id

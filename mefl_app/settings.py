@@ -135,12 +135,17 @@ class RunSettings:
         self.thresholds  # parses early-exit-thresholds
         levels = self.profile_levels  # parses exit-profile
         weights = self.loss_weights()  # parses exit-loss-weights
-        if weights and self.exit_training == "partial":  # a level-k client trains on exits 1..k only
+        if weights:
             for level in sorted(set(levels)):
-                if not any(weights[:level]):
+                if self.trains_at(level) and not any(weights[:level]):
                     raise SettingsError(
                         f"exit-loss-weights {self.exit_loss_weights!r} give the level-{level} clients of exit-profile "
                         f"a zero loss (exits 1..{level} all weigh 0): give one of those exits a weight > 0")
+
+    def trains_at(self, level: int) -> bool:
+        """Whether a client at exit level ``level`` trains (its model: exits 1..level). Under
+        ``exit-training = "partial"`` every level does; under "exclusive" only the deepest."""
+        return self.exit_training == "partial" or level == len(self.exit_blocks)
 
     @property
     def exit_blocks(self) -> tuple[int, ...]:

@@ -40,6 +40,12 @@ def test_exit_loss_weights_per_model():
     RunSettings(exit_loss_weights="0,1,1", exit_profile="1:2,3:2", exit_training="exclusive").validate()
 
 
+def test_which_exit_levels_train():
+    assert [RunSettings().trains_at(level) for level in (1, 2, 3)] == [True, True, True]
+    exclusive = RunSettings(exit_training="exclusive")
+    assert [exclusive.trains_at(level) for level in (1, 2, 3)] == [False, False, True]
+
+
 @pytest.mark.parametrize("overrides, message", [
     ("task='cifar'", "task must be one of fmnist, har"),
     ("dp='laplace'", "dp must be one of none, fixed, adaptive"),

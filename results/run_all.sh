@@ -144,3 +144,9 @@ commit results/fmnist-tuning/w05 "results: fmnist validation check, multi-exit C
 # first (rm -rf results/strategies/<name>, then the loop above): the committed folders are on the
 # code with partition-order aggregation and the float32 downlink. A fresh run of this script gets
 # the same from the loop above.
+# A fourth Fashion-MNIST seed for both models (multi-exit with C = 0, as results/fmnist-c0), then
+# the report over the seeds both folders hold.
+VARIANTS=me campaign fmnist results/fmnist-c0 "data-dir='$FMNIST_DIR' distill-weight=0.0" 3
+VARIANTS=se campaign fmnist results/fmnist "data-dir='$FMNIST_DIR'" 3
+(cd "$OUT_REPO" && python -m mefl_app.experiments report --out results/fmnist-c0 --se-from results/fmnist)
+commit results/fmnist-c0 "results: fmnist campaign without distillation (C = 0), report over seeds 0-3"

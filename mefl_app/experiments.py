@@ -236,14 +236,22 @@ def _tuning_note(run_config: dict) -> list[str]:
             " scored. These numbers choose settings; they are not results on test data.", ""]
 
 
+SE_SOURCE = "se-from.txt"  # in a campaign folder: where its single-exit runs come from (``--se-from``)
+
+
 def write_report(out: Path, se_from: Path | None = None) -> Path:
     """``report.md`` and the plots of the runs under ``out`` (single-exit runs from ``se_from``
-    instead, where given)."""
+    instead, where given). The folder remembers ``se_from`` (``se-from.txt``), so a later ``run``
+    or ``report`` without it does not rewrite the report without its single-exit runs."""
     runs = collect(out)
+    source = out / SE_SOURCE
+    if se_from is None and "se" not in runs and source.exists():
+        se_from = out / source.read_text().strip()
     if se_from is not None:
         if "se" in runs:
             raise SystemExit(f"--se-from {se_from}: {out / 'runs'} holds single-exit runs of its own; use one or the other")
         runs["se"] = single_exit_runs_from(se_from, runs.get("me", {}))
+        source.write_text(os.path.relpath(se_from, out) + "\n")
     if not runs:
         raise SystemExit(f"no completed results under {out / 'runs'}")
     any_results = next(iter(next(iter(runs.values())).values()))

@@ -88,6 +88,11 @@ def test_report_takes_single_exit_runs_from_a_campaign_that_differs_only_in_dist
     assert "`runs/me-seed0/attempt/results.json`" in report
     assert "The single-exit runs are those of `../fmnist`" in report
     assert "se-seed2" not in report
+    # The folder remembers where its single-exit runs come from: a later report (or `run`) without
+    # --se-from keeps them.
+    (c0 / "report.md").unlink()
+    experiments.main(["report", "--out", str(c0)])
+    assert (c0 / "report.md").read_text() == report
 
     # Any other difference in settings (here the number of local epochs) is refused.
     write_run(tmp_path / "e2", "se-seed0", {"distill-weight": 0.5, "local-epochs": 2}, 0.9)

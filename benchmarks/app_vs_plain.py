@@ -32,7 +32,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -41,12 +41,12 @@ from flwr.common.config import parse_config_args
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plain_fedavg import run as run_plain  # noqa: E402
 
-from mefl_app.deploy import LocalDeployment  # noqa: E402
-from mefl_app.partitions import make_client_shard  # noqa: E402
+from mefl.runtime.deployment import LocalDeployment  # noqa: E402
+from mefl.runtime.simulation import SimulationSuperLink  # noqa: E402
+from mefl_app.data.shards import make_client_shard  # noqa: E402
+from mefl_app.device import select_device  # noqa: E402
 from mefl_app.settings import RunSettings  # noqa: E402
-from mefl_app.simulation import SimulationSuperLink  # noqa: E402
-from mefl_app.tasks import load_task_data, model_costs  # noqa: E402
-from mefl_app.training import select_device  # noqa: E402
+from mefl_app.task import load_task_data, model_costs  # noqa: E402
 
 APP_DIR = Path(__file__).resolve().parents[1]
 
@@ -90,7 +90,7 @@ class TreeMemory:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            pids = _tree(self.root_pid)[1 if self.without_root else 0:]
+            pids = _tree(self.root_pid)[1 if self.without_root else 0 :]
             self.peak_mb = max(self.peak_mb, sum(_pss_kb(p) for p in pids) / 1024)
             self._stop.wait(self.interval)
 
@@ -103,7 +103,7 @@ def _tree(root: int) -> list[int]:
                 stat = Path(f"/proc/{entry}/stat").read_text()
             except OSError:
                 continue
-            children.setdefault(int(stat[stat.rfind(")") + 2:].split()[1]), []).append(int(entry))
+            children.setdefault(int(stat[stat.rfind(")") + 2 :].split()[1]), []).append(int(entry))
     found, stack = [root], [root]
     while stack:
         for child in children.get(stack.pop(), []):
@@ -122,8 +122,9 @@ def _pss_kb(pid: int) -> int:
     return 0
 
 
-def run_app(task_config: dict, clients: int, rounds: int, cpus_per_client: int, threads: int, work: Path,
-            **extra) -> dict:
+def run_app(
+    task_config: dict, clients: int, rounds: int, cpus_per_client: int, threads: int, work: Path, **extra
+) -> dict:
     run_dir = Path(tempfile.mkdtemp(prefix=f"app-cpus{cpus_per_client}-", dir=work))  # one per arm
     out = run_dir / "out"
     config = {**task_config, "output-dir": out, "num-server-rounds": rounds, "torch-threads": threads, **extra}
@@ -160,9 +161,13 @@ def _app_numbers(out: Path, wall: float, peak_pss_mb: float) -> dict:
     if results["status"] != "completed":
         raise RuntimeError(results.get("error"))
     per_round = [r["seconds"] for r in results["rounds"]]
-    return {"wall_seconds": wall, "round_seconds": per_round, "startup_seconds": wall - sum(per_round),
-            "peak_pss_mb": peak_pss_mb,
-            "final_central": results["rounds"][-1]["central"][results["exit_names"][-1]]["accuracy"]}
+    return {
+        "wall_seconds": wall,
+        "round_seconds": per_round,
+        "startup_seconds": wall - sum(per_round),
+        "peak_pss_mb": peak_pss_mb,
+        "final_central": results["rounds"][-1]["central"][results["exit_names"][-1]]["accuracy"],
+    }
 
 
 def run_reference(settings: RunSettings, clients: int, rounds: int, threads: int) -> dict:
@@ -172,8 +177,12 @@ def run_reference(settings: RunSettings, clients: int, rounds: int, threads: int
     history = run_plain(settings, clients, rounds, log=lambda line: print(f"  plain, round: {line}", flush=True))
     wall = time.perf_counter() - started
     per_round = [h["round_seconds"] for h in history]
-    return {"wall_seconds": wall, "round_seconds": per_round, "startup_seconds": wall - sum(per_round),
-            "final_central": history[-1]["central"][-1]}
+    return {
+        "wall_seconds": wall,
+        "round_seconds": per_round,
+        "startup_seconds": wall - sum(per_round),
+        "final_central": history[-1]["central"][-1],
+    }
 
 
 def render_markdown(report: dict) -> str:
@@ -187,9 +196,12 @@ def render_markdown(report: dict) -> str:
         f"Workload: {w['task']}, {w['clients']} clients, {w['rounds']} rounds, {w['local_epochs']} local epochs, "
         f"{w['samples_per_round']} training samples per round, "
         f"{w['training_flops_per_sample'] / 1e6:.1f} MFLOP per training sample (forward + backward). "
-        "Matmul peak: " + ", ".join(f"{v:.1f} GFLOP/s at {k} thread(s)" for k, v in report["matmul_peak_gflops"].items()) + ".",
+        "Matmul peak: "
+        + ", ".join(f"{v:.1f} GFLOP/s at {k} thread(s)" for k, v in report["matmul_peak_gflops"].items())
+        + ".",
         "",
-        "| run | start-up s | s per round (each) | ratio to best plain | train samples/s | GFLOP/s | share of matmul peak | peak PSS MB | final central acc |",
+        "| run | start-up s | s per round (each) | ratio to best plain | train samples/s | GFLOP/s | share of "
+        "matmul peak | peak PSS MB | final central acc |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in report["runs"].items():
@@ -205,7 +217,9 @@ def render_markdown(report: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--render", type=Path, nargs="+", help="print the Markdown table of these --json files and stop")
+    parser.add_argument(
+        "--render", type=Path, nargs="+", help="print the Markdown table of these --json files and stop"
+    )
     parser.add_argument("--task", default="fmnist", choices=["fmnist", "har"])
     parser.add_argument("--data-dir", default=None, help="data-dir run-config value (default: pyproject's)")
     parser.add_argument("--clients", type=int, default=24)
@@ -213,19 +227,30 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=os.cpu_count())
     parser.add_argument("--run-config", default="", help="further overrides, flwr run syntax")
     parser.add_argument("--json", type=Path, help="write the raw numbers here")
-    parser.add_argument("--compare-polling", action="store_true",
-                        help="also run the app with Flower's own 3 s reply polling (reply-poll-seconds=3)")
-    parser.add_argument("--engine", default="simulation", choices=["simulation", "deployment"],
-                        help="how the app runs: Flower's simulation engine (Ray; two client layouts) or a "
-                             "local deployment with one SuperNode per client (no Ray)")
+    parser.add_argument(
+        "--compare-polling",
+        action="store_true",
+        help="also run the app with Flower's own 3 s reply polling (reply-poll-seconds=3)",
+    )
+    parser.add_argument(
+        "--engine",
+        default="simulation",
+        choices=["simulation", "deployment"],
+        help="how the app runs: Flower's simulation engine (Ray; two client layouts) or a "
+        "local deployment with one SuperNode per client (no Ray)",
+    )
     args = parser.parse_args()
     if args.compare_polling and args.engine != "simulation":
-        parser.error("--compare-polling measures the simulation engine's reply polling; drop it with --engine deployment")
+        parser.error(
+            "--compare-polling measures the simulation engine's reply polling; drop it with --engine deployment"
+        )
     if args.render:
         print("\n\n".join(render_markdown(json.loads(path.read_text())) for path in args.render))
         return
 
-    overrides = f"task='{args.task}'" + (f" data-dir='{args.data_dir}'" if args.data_dir else "") + " " + args.run_config
+    overrides = (
+        f"task='{args.task}'" + (f" data-dir='{args.data_dir}'" if args.data_dir else "") + " " + args.run_config
+    )
     settings = RunSettings.from_app_dir(APP_DIR, overrides)
     task_config = parse_config_args([overrides])  # the same overrides reach the app
     device = select_device(settings).type
@@ -235,31 +260,47 @@ def main() -> None:
     # FLOPs of one sample's forward + backward pass (FlopCounterMode plus mefl's LSTM formulas).
     flops_per_sample = model_costs(settings, data.num_classes, data.input_shape)[1] * 1e6
     report: dict = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "torch": torch.__version__, "python": platform.python_version(),
-                    "device": torch.cuda.get_device_name() if device == "cuda" else "cpu"},
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        },
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "workload": {"task": args.task, "clients": args.clients, "rounds": args.rounds,
-                     "local_epochs": settings.local_epochs, "samples_per_round": samples_per_round,
-                     "training_flops_per_sample": flops_per_sample},
+        "workload": {
+            "task": args.task,
+            "clients": args.clients,
+            "rounds": args.rounds,
+            "local_epochs": settings.local_epochs,
+            "samples_per_round": samples_per_round,
+            "training_flops_per_sample": flops_per_sample,
+        },
         "matmul_peak_gflops": {str(t): matmul_peak_gflops(t, device=device) for t in {1, args.cores}},
     }
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         runs = {"plain, 1 thread": lambda: run_reference(settings, args.clients, args.rounds, 1)}
         if device == "cpu" and args.cores > 1:  # on a GPU the host threads barely matter
-            runs[f"plain, {args.cores} threads"] = lambda: run_reference(settings, args.clients, args.rounds, args.cores)
+            runs[f"plain, {args.cores} threads"] = lambda: run_reference(
+                settings, args.clients, args.rounds, args.cores
+            )
         if args.engine == "deployment":
             runs[f"app, deployment, {args.clients} SuperNodes x 1 thread"] = lambda: run_app_deployment(
-                task_config, args.clients, args.rounds, 1, work)
+                task_config, args.clients, args.rounds, 1, work
+            )
         else:
-            runs[f"app, {args.cores} clients x 1 thread"] = lambda: run_app(task_config, args.clients, args.rounds, 1, 1, work)
+            runs[f"app, {args.cores} clients x 1 thread"] = lambda: run_app(
+                task_config, args.clients, args.rounds, 1, 1, work
+            )
             runs[f"app, 1 client x {args.cores} threads"] = lambda: run_app(
-                task_config, args.clients, args.rounds, args.cores, args.cores, work)
+                task_config, args.clients, args.rounds, args.cores, args.cores, work
+            )
         if args.compare_polling:
             runs[f"app, {args.cores} clients x 1 thread, Flower's 3 s reply polling"] = lambda: run_app(
-                task_config, args.clients, args.rounds, 1, 1, work, **{"reply-poll-seconds": 3.0})
+                task_config, args.clients, args.rounds, 1, 1, work, **{"reply-poll-seconds": 3.0}
+            )
         report["runs"], report["finished"] = {}, False
         for name, fn in runs.items():
             print(f"running: {name}", flush=True)
@@ -271,7 +312,7 @@ def main() -> None:
     report["finished"] = True
     baseline = min(statistics.fmean(r["round_seconds"]) for n, r in report["runs"].items() if n.startswith("plain"))
     peak = report["matmul_peak_gflops"][str(args.cores)]
-    for name, r in report["runs"].items():
+    for r in report["runs"].values():
         per_round = statistics.fmean(r["round_seconds"])
         r["mean_round_seconds"] = per_round
         r["ratio_to_best_plain"] = per_round / baseline

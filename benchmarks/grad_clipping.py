@@ -6,7 +6,11 @@ settings, shards and loss as the run -- and records the total gradient norm of e
 clipping. Reports, per run, the median norm, the share of steps that ``max-grad-norm`` clipped and
 the mean factor it scaled the step by.
 
-    python benchmarks/grad_clipping.py results/har/runs/me-seed0 results/har/runs/se-seed0 --json out.json
+    python benchmarks/grad_clipping.py results/study/har-distill-0.5/runs/me-seed0 \
+        results/study/har-distill-0.5/runs/se-seed0 --json out.json
+
+Checkpoints are not kept in git: rerun a campaign's command (results/README.md) to regenerate its
+``model.pt`` files first.
 """
 
 from __future__ import annotations
@@ -19,10 +23,10 @@ from pathlib import Path
 
 import torch
 
-from mefl_app.partitions import make_client_shard
+from mefl_app.data.shards import make_client_shard
 from mefl_app.settings import RunSettings
-from mefl_app.tasks import build_model, load_task_data
-from mefl_app.training import train_local
+from mefl_app.task import build_model, load_task_data
+from mefl_app.train import train_local
 
 
 def replay(run_folder: Path) -> dict:
@@ -42,8 +46,14 @@ def replay(run_folder: Path) -> dict:
         model = build_model(settings, data.num_classes, data.input_shape)
         model.load_state_dict(final)
         torch.manual_seed(partition)  # dropout masks seeded per client, so the replay repeats exactly
-        train_local(model, shard.train, one_epoch, generator=torch.Generator().manual_seed(partition),
-                    device=torch.device("cpu"), grad_norms=norms)
+        train_local(
+            model,
+            shard.train,
+            one_epoch,
+            generator=torch.Generator().manual_seed(partition),
+            device=torch.device("cpu"),
+            grad_norms=norms,
+        )
     limit = settings.max_grad_norm
     return {
         "run": str(results_path),
@@ -58,13 +68,16 @@ def replay(run_folder: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", type=Path, nargs="+", help="run folders (e.g. results/har/runs/me-seed0)")
+    parser.add_argument("runs", type=Path, nargs="+", help="run folders (e.g. <campaign>/runs/me-seed0)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     rows = [replay(folder) for folder in args.runs]
     for r in rows:
-        print(f"{r['run']}: multi-exit={r['multi_exit']} steps={r['steps']} median grad norm {r['median_norm']:.2f} "
-              f"(max-grad-norm {r['max_grad_norm']}): {r['share_clipped']:.0%} of steps clipped, mean step scale {r['mean_scale']:.2f}")
+        print(
+            f"{r['run']}: multi-exit={r['multi_exit']} steps={r['steps']} median grad norm {r['median_norm']:.2f} "
+            f"(max-grad-norm {r['max_grad_norm']}): {r['share_clipped']:.0%} of steps clipped, mean step scale "
+            f"{r['mean_scale']:.2f}"
+        )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

@@ -17,11 +17,13 @@ import time
 import torch
 from torch import nn
 
+from mefl_app.data.shards import make_client_shard
+from mefl_app.device import apply_thread_setting, select_device
+from mefl_app.evaluate import evaluate_exits
 from mefl_app.metrics import pool
-from mefl_app.partitions import make_client_shard
 from mefl_app.settings import RunSettings
-from mefl_app.tasks import build_model, initial_model, load_task_data
-from mefl_app.training import apply_thread_setting, evaluate_exits, select_device, train_local
+from mefl_app.task import build_model, initial_model, load_task_data
+from mefl_app.train import train_local
 
 
 def fedavg(states: list[dict[str, torch.Tensor]], weights: list[int]) -> dict[str, torch.Tensor]:
@@ -66,7 +68,9 @@ def run(settings: RunSettings, num_clients: int, rounds: int, log=print) -> list
         train_seconds = time.perf_counter() - started
         model.load_state_dict(global_state)
         central = evaluate_exits(model, data.test, batch_size=settings.eval_batch_size, device=device)
-        global_local = pool(evaluate_exits(model, s.test, batch_size=settings.eval_batch_size, device=device) for s in shards)
+        global_local = pool(
+            evaluate_exits(model, s.test, batch_size=settings.eval_batch_size, device=device) for s in shards
+        )
         entry = {
             "round": server_round,
             "train_seconds": train_seconds,
@@ -77,7 +81,9 @@ def run(settings: RunSettings, num_clients: int, rounds: int, log=print) -> list
         }
         if settings.norm == "batch":
             probe = with_batch_statistics(model)
-            entry["central_batch_stats"] = evaluate_exits(probe, data.test, batch_size=settings.eval_batch_size, device=device).accuracy
+            entry["central_batch_stats"] = evaluate_exits(
+                probe, data.test, batch_size=settings.eval_batch_size, device=device
+            ).accuracy
         history.append(entry)
         log(json.dumps(entry))
     return history

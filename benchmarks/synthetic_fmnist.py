@@ -48,7 +48,9 @@ def write(labels_dir: Path, out: Path, seed: int = 0) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--labels", type=Path, required=True, help="folder with the real *-labels-idx1-ubyte[.gz] files")
+    parser.add_argument(
+        "--labels", type=Path, required=True, help="folder with the real *-labels-idx1-ubyte[.gz] files"
+    )
     parser.add_argument("--out", type=Path, required=True, help="data-dir to write (FashionMNIST/raw/ inside)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

@@ -15,9 +15,9 @@ import time
 
 import torch
 
-from mefl_app.losses import multi_exit_loss
+from mefl_app.model.loss import multi_exit_loss
 from mefl_app.settings import RunSettings
-from mefl_app.tasks import build_model
+from mefl_app.task import build_model
 
 SHAPES = {"fmnist": ((1, 28, 28), 10), "har": ((151, 3), 12)}
 
@@ -72,7 +72,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--variants", default="eager,channels_last,compile,channels_last+compile,bf16,channels_last+bf16")
+    parser.add_argument(
+        "--variants", default="eager,channels_last,compile,channels_last+compile,bf16,channels_last+bf16"
+    )
     parser.add_argument("--profile", action="store_true", help="print the operator profile of eager steps and stop")
     args = parser.parse_args()
     if args.profile:
@@ -83,7 +85,7 @@ def main() -> None:
     for threads in (1, 2):
         torch.set_num_threads(threads)
         steps = {v: make_step(args.task, v, args.batch) for v in variants}
-        for v, step in steps.items():  # warm-up (and compilation) outside the timing
+        for step in steps.values():  # warm-up (and compilation) outside the timing
             time_step(step, 5)
         for _ in range(args.repeats):
             for v, step in steps.items():
@@ -92,8 +94,10 @@ def main() -> None:
     print(f"task={args.task} batch={args.batch} steps={args.steps} repeats={args.repeats}")
     for (v, threads), times in results.items():
         median = statistics.median(times)
-        print(f"{v:>24} threads={threads}: {median / args.batch * 1e6:7.0f} us/sample  "
-              f"ratio to eager/1 thread {median / base:.2f}")
+        print(
+            f"{v:>24} threads={threads}: {median / args.batch * 1e6:7.0f} us/sample  "
+            f"ratio to eager/1 thread {median / base:.2f}"
+        )
 
 
 if __name__ == "__main__":

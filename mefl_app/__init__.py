@@ -1,1 +1,1 @@
-"""mefl: multi-exit federated learning on Flower."""
+"""mefl's Flower app: what a ServerApp and a ClientApp run (the bundle ``flwr run`` ships)."""

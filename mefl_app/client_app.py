@@ -11,15 +11,18 @@ import time
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
+from torch import nn
 
 from . import metrics
-from .partitions import ClientShard, label_counts
+from .data.shards import ClientShard, label_counts
+from .device import apply_thread_setting, select_device
+from .evaluate import evaluate_exits
+from .seeds import client_round_seed, validation_split_seed
 from .settings import RunSettings
-from .tasks import build_model, exit_level, load_client_shard, model_costs
-from .training import apply_thread_setting, evaluate_exits, select_device, train_local
+from .task import build_model, exit_level, load_client_shard, model_costs
+from .train import train_local
 
 app = ClientApp()
 
@@ -46,14 +49,18 @@ def _prepare(msg: Message, context: Context) -> LocalSetup:
     num_classes, input_shape = int(config["num-classes"]), tuple(int(d) for d in config["input-shape"])
     shard = load_client_shard(settings, context.node_config, num_classes, input_shape)
     if settings.validation_fraction > 0:
-        shard = shard.validation_view(settings.validation_fraction, seed=settings.partition_seed + shard.partition_id)
+        shard = shard.validation_view(
+            settings.validation_fraction, seed=validation_split_seed(settings.partition_seed, shard.partition_id)
+        )
     level = exit_level(settings, context.node_config, shard.partition_id)
     device = select_device(settings)
     model = build_model(settings, num_classes, input_shape, level)
     received = msg.content["arrays"].to_torch_state_dict()
     model.load_state_dict({name: received[name] for name in model.state_dict()})  # exits 1..level only
     forward_mflops, train_mflops_per_sample = model_costs(settings, num_classes, input_shape, level)
-    return LocalSetup(settings, shard, level, device, model.to(device), num_classes, forward_mflops, train_mflops_per_sample)
+    return LocalSetup(
+        settings, shard, level, device, model.to(device), num_classes, forward_mflops, train_mflops_per_sample
+    )
 
 
 @app.train()
@@ -64,27 +71,39 @@ def train(msg: Message, context: Context) -> Message:
     settings, shard, model = local.settings, local.shard, local.model
     trains = settings.trains_at(local.level)
     server_round = int(msg.content["config"]["server-round"])
-    # One seed per (run seed, round, client): batch order and dropout repeat exactly.
-    seed = settings.seed * 1_000_003 + server_round * 1_009 + shard.partition_id
+    seed = client_round_seed(settings.seed, server_round, shard.partition_id)
     torch.manual_seed(seed)
     started = time.perf_counter()
     train_loss = 0.0
     if trains:
         train_loss = train_local(
-            model, shard.train, settings,
+            model,
+            shard.train,
+            settings,
             generator=torch.Generator().manual_seed(seed),
             device=local.device,
             proximal_mu=float(msg.content["config"].get("proximal-mu", 0.0)),
         )
     train_seconds = time.perf_counter() - started
-    scores = evaluate_exits(model, shard.test, batch_size=settings.eval_batch_size, device=local.device,
-                            thresholds=settings.thresholds, exit_mflops=local.forward_mflops)
+    scores = evaluate_exits(
+        model,
+        shard.test,
+        batch_size=settings.eval_batch_size,
+        device=local.device,
+        thresholds=settings.thresholds,
+        exit_mflops=local.forward_mflops,
+    )
     samples = len(shard.train) * settings.local_epochs if trains else 0
     record = metrics.scores_record(
-        shard.partition_id, len(shard.train) if trains else 0, scores,
-        **{metrics.TRAIN_LOSS: train_loss, metrics.TRAIN_SECONDS: train_seconds,
-           metrics.TRAIN_MFLOPS: samples * local.train_mflops_per_sample,
-           metrics.LABEL_COUNTS: label_counts(shard.train.y, local.num_classes)},
+        shard.partition_id,
+        len(shard.train) if trains else 0,
+        scores,
+        **{
+            metrics.TRAIN_LOSS: train_loss,
+            metrics.TRAIN_SECONDS: train_seconds,
+            metrics.TRAIN_MFLOPS: samples * local.train_mflops_per_sample,
+            metrics.LABEL_COUNTS: label_counts(shard.train.y, local.num_classes),
+        },
     )
     # A client left out of training (exclusive mode) uploads no arrays at all.
     arrays = ArrayRecord(model.to("cpu").state_dict()) if trains else ArrayRecord()
@@ -96,7 +115,13 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Score the received global model (up to this client's exit level) on the local test part,
     per exit and under the early-exit policy."""
     local = _prepare(msg, context)
-    scores = evaluate_exits(local.model, local.shard.test, batch_size=local.settings.eval_batch_size, device=local.device,
-                            thresholds=local.settings.thresholds, exit_mflops=local.forward_mflops)
+    scores = evaluate_exits(
+        local.model,
+        local.shard.test,
+        batch_size=local.settings.eval_batch_size,
+        device=local.device,
+        thresholds=local.settings.thresholds,
+        exit_mflops=local.forward_mflops,
+    )
     record = metrics.scores_record(local.shard.partition_id, len(local.shard.test), scores)
     return Message(RecordDict({"metrics": record}), reply_to=msg)

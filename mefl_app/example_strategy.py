@@ -1,6 +1,7 @@
 """An example user strategy, plugged in by import path:
 
-    flwr run . --run-config "strategy='mefl_app.example_strategy:UpdateNormFedAvg' strategy-kwargs='{\\"tag\\": \\"demo\\"}'"
+    flwr run . --run-config \\
+        "strategy='mefl_app.example_strategy:UpdateNormFedAvg' strategy-kwargs='{\\"tag\\": \\"demo\\"}'"
 
 Any ``flwr.serverapp.strategy.Strategy`` subclass importable by the ServerApp works the same
 way (keep it inside the app folder so that ``flwr run`` ships it). Arguments of mefl's own
@@ -29,6 +30,12 @@ class UpdateNormFedAvg(FedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid):
         if self._previous is not None:
             change = sum(float(np.sum((arrays[k].numpy() - self._previous[k].numpy()) ** 2)) for k in arrays)
-            log(INFO, "[%s] round %d: global model moved by %.4f", self.tag or "update-norm", server_round - 1, change**0.5)
+            log(
+                INFO,
+                "[%s] round %d: global model moved by %.4f",
+                self.tag or "update-norm",
+                server_round - 1,
+                change**0.5,
+            )
         self._previous = arrays
         return super().configure_train(server_round, arrays, config, grid)

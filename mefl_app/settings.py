@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .model.exits import check_exit_positions
+
 TASKS = ("fmnist", "har")
 NORMS = ("batch", "group")
 TEACHERS = ("last", "next")
@@ -131,8 +133,8 @@ class RunSettings:
             value = getattr(self, name)
             if not ok(value):
                 raise SettingsError(f"{name.replace('_', '-')} {requirement}, got {value!r}")
-        self.exit_blocks  # parses and validates exit-after
-        self.thresholds  # parses early-exit-thresholds
+        _ = self.exit_positions  # parses and validates exit-after
+        _ = self.thresholds  # parses early-exit-thresholds
         levels = self.profile_levels  # parses exit-profile
         weights = self.loss_weights()  # parses exit-loss-weights
         if weights:
@@ -140,15 +142,16 @@ class RunSettings:
                 if self.trains_at(level) and not any(weights[:level]):
                     raise SettingsError(
                         f"exit-loss-weights {self.exit_loss_weights!r} give the level-{level} clients of exit-profile "
-                        f"a zero loss (exits 1..{level} all weigh 0): give one of those exits a weight > 0")
+                        f"a zero loss (exits 1..{level} all weigh 0): give one of those exits a weight > 0"
+                    )
 
     def trains_at(self, level: int) -> bool:
         """Whether a client at exit level ``level`` trains (its model: exits 1..level). Under
         ``exit-training = "partial"`` every level does; under "exclusive" only the deepest."""
-        return self.exit_training == "partial" or level == len(self.exit_blocks)
+        return self.exit_training == "partial" or level == self.num_exits
 
     @property
-    def exit_blocks(self) -> tuple[int, ...]:
+    def exit_positions(self) -> tuple[int, ...]:
         """Blocks (ResNet) / layers (LSTM) followed by an exit; only the last without ``multi-exit``.
 
         Empty ``exit-after``: the study's choice per task (ResNet 1,3,5; LSTM 1,2,3)."""
@@ -157,25 +160,35 @@ class RunSettings:
             blocks = tuple(int(b) for b in text.split(","))
         except ValueError:
             raise SettingsError(f"exit-after must be comma-separated block numbers, got {self.exit_after!r}") from None
-        if not blocks or list(blocks) != sorted(set(blocks)) or blocks[0] < 1 or blocks[-1] > DEPTH[self.task]:
+        try:
+            blocks = check_exit_positions(blocks, DEPTH[self.task])
+        except ValueError:
             raise SettingsError(
-                f"exit-after must be increasing numbers in 1..{DEPTH[self.task]} for task {self.task!r}, got {text!r}")
+                f"exit-after must be increasing numbers in 1..{DEPTH[self.task]} for task {self.task!r}, got {text!r}"
+            ) from None
         return blocks if self.multi_exit else blocks[-1:]
+
+    @property
+    def num_exits(self) -> int:
+        """Exits of the full model (the deepest exit level)."""
+        return len(self.exit_positions)
 
     def loss_weights(self, num_exits: int | None = None) -> tuple[float, ...] | None:
         """``exit-loss-weights`` for a model with the first ``num_exits`` exits (default all);
         None: every exit weighs 1. A single-exit model ignores them (plain cross-entropy)."""
         if not self.exit_loss_weights or not self.multi_exit:
             return None
-        exits = len(self.exit_blocks)  # multi-exit here: every exit
+        exits = self.num_exits  # multi-exit here: every exit
         try:
             values = tuple(float(w) for w in self.exit_loss_weights.split(","))
         except ValueError:
             values = ()
         if len(values) != exits or any(w < 0 for w in values) or values[-1] <= 0:
-            raise SettingsError(f"exit-loss-weights must be {exits} comma-separated numbers >= 0 (one per exit, "
-                                f"the deepest > 0), got {self.exit_loss_weights!r}")
-        return values[:num_exits or exits]
+            raise SettingsError(
+                f"exit-loss-weights must be {exits} comma-separated numbers >= 0 (one per exit, "
+                f"the deepest > 0), got {self.exit_loss_weights!r}"
+            )
+        return values[: num_exits or exits]
 
     @property
     def thresholds(self) -> tuple[float, ...]:
@@ -183,7 +196,9 @@ class RunSettings:
         try:
             values = tuple(float(t) for t in self.early_exit_thresholds.split(",") if t.strip())
         except ValueError:
-            raise SettingsError(f"early-exit-thresholds must be comma-separated numbers, got {self.early_exit_thresholds!r}") from None
+            raise SettingsError(
+                f"early-exit-thresholds must be comma-separated numbers, got {self.early_exit_thresholds!r}"
+            ) from None
         if any(not 0 < t <= 1 for t in values):
             raise SettingsError(f"early-exit-thresholds must lie in (0, 1], got {self.early_exit_thresholds!r}")
         return values
@@ -199,10 +214,13 @@ class RunSettings:
             try:
                 level, count = (int(v) for v in part.split(":"))
             except ValueError:
-                raise SettingsError(f"exit-profile must look like '1:8,2:8,3:8' (level:clients), got {self.exit_profile!r}") from None
-            if not 1 <= level <= len(self.exit_blocks) or count < 0:
                 raise SettingsError(
-                    f"exit-profile levels must lie in 1..{len(self.exit_blocks)} with counts >= 0, got {self.exit_profile!r}")
+                    f"exit-profile must look like '1:8,2:8,3:8' (level:clients), got {self.exit_profile!r}"
+                ) from None
+            if not 1 <= level <= self.num_exits or count < 0:
+                raise SettingsError(
+                    f"exit-profile levels must lie in 1..{self.num_exits} with counts >= 0, got {self.exit_profile!r}"
+                )
             levels += [level] * count
         return tuple(levels)
 
@@ -265,7 +283,9 @@ def _between(low: float, high: float, *, closed: str = ""):
     """Interval check; ``closed`` names the closed ends: "", "low", "high" or "both"."""
     lo_ok = (lambda v: v >= low) if closed in ("low", "both") else (lambda v: v > low)
     hi_ok = (lambda v: v <= high) if closed in ("high", "both") else (lambda v: v < high)
-    brackets = ("[" if closed in ("low", "both") else "(") + f"{low}, {high}" + ("]" if closed in ("high", "both") else ")")
+    brackets = (
+        ("[" if closed in ("low", "both") else "(") + f"{low}, {high}" + ("]" if closed in ("high", "both") else ")")
+    )
     return (lambda v: lo_ok(v) and hi_ok(v)), f"must lie in {brackets}"
 
 

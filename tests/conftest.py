@@ -1,14 +1,9 @@
+"""Fixtures shared by the unit and end-to-end tests (helpers: tests/helpers.py)."""
+
 import signal
-import struct
-from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
-
-from mefl_app.datasets import TaskData, TensorData
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import synthetic_task
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -25,75 +20,6 @@ def ctrl_c_armed():
         yield
 
 
-def synthetic_task(n=600, num_classes=10, seed=0, name="fmnist") -> TaskData:
-    """Small image data set: the label sets the orientation of a stripe texture, a local
-    pattern that every exit can learn (a brightness code would be erased by GroupNorm)."""
-    g = torch.Generator().manual_seed(seed)
-    rows, cols = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
-
-    def part(size):
-        y = torch.randint(0, num_classes, (size,), generator=g)
-        angle = (y.float() * torch.pi / num_classes).view(-1, 1, 1)
-        phase = torch.rand(size, 1, 1, generator=g) * 2 * torch.pi
-        stripes = torch.sin(2 * torch.pi * (rows * torch.cos(angle) + cols * torch.sin(angle)) / 5 + phase)
-        x = stripes.unsqueeze(1) + 0.3 * torch.randn(size, 1, 28, 28, generator=g)
-        return TensorData(x, y)
-
-    return TaskData(name, part(n), part(n // 5), tuple(f"c{i}" for i in range(num_classes)))
-
-
-def write_idx_fashion_mnist(root: Path, n_train=480, n_test=120, seed=0) -> Path:
-    """Fashion-MNIST's original IDX file format, uncompressed, where torchvision looks."""
-    raw = root / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        labels = rng.integers(0, 10, n).astype(np.uint8)
-        # The label sets the brightness: learnable by every exit.
-        images = (rng.integers(0, 40, (n, 28, 28)) + 20 * labels[:, None, None]).astype(np.uint8)
-        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, n, 28, 28) + images.tobytes())
-        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + labels.tobytes())
-    return root
-
-
-def layers_run(layers, model, x, **kwargs) -> list[int]:
-    """Which of ``layers`` (numbered from 1) a forward pass of ``model`` ran, in order."""
-    ran = []
-    hooks = [layer.register_forward_hook(lambda m, i, o, n=n: ran.append(n)) for n, layer in enumerate(layers, 1)]
-    try:
-        model(x, **kwargs)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return ran
-
-
 @pytest.fixture
 def task_data():
     return synthetic_task()
-
-
-def write_unimib_shar(root: Path, subset="acc", n=240, num_classes=4, subjects=6, seed=0, **override) -> Path:
-    """Synthetic windows in UniMiB-SHAR's real file layout (scipy.io .mat files).
-
-    ``override`` replaces a file's content: e.g. ``labels=array`` or ``names_var="x"``.
-    """
-    import scipy.io
-
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(1, num_classes + 1, n)
-    t = np.arange(151) / 50.0
-    # Class-specific oscillation frequency on each axis: learnable by an LSTM.
-    data = np.concatenate([np.sin(2 * np.pi * (labels[:, None] * (a + 1)) * t) for a in range(3)], axis=1)
-    data = 9.81 * data + rng.normal(0, 0.5, data.shape)
-    table = np.stack([labels, rng.integers(1, subjects + 1, n), rng.integers(1, 3, n)], axis=1).astype(float)
-    table[:subjects, 1] = np.arange(1, subjects + 1)  # every subject present
-    names = np.empty((2, num_classes), dtype=object)
-    for k in range(num_classes):
-        names[0, k] = names[1, k] = np.array([f"ACTIVITY_{k + 1}"])
-    root.mkdir(parents=True, exist_ok=True)
-    contents = {"data": override.get("data", data), "labels": override.get("labels", table), "names": override.get("names", names)}
-    for part, value in contents.items():
-        variable = override.get(f"{part}_var", f"{subset}_{part}")
-        scipy.io.savemat(root / f"{subset}_{part}.mat", {variable: value})
-    return root

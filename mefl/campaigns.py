@@ -1,0 +1,163 @@
+"""Campaigns: named run configurations driven through Flower's simulation engine, resumable.
+
+A campaign folder holds ``runs/<name>/`` per configuration (one run folder per attempt inside),
+``campaign.json`` (every command that ran in it, with machine and time) and the report. A
+configuration whose folder already holds a completed ``results.json`` is skipped; one whose last
+attempt stopped after some finished rounds (or completed fewer rounds than now asked for) is
+continued from its checkpoint (``resume-from``), so an interrupted campaign resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mefl_app.server.run_folder import checkpoint_of
+from mefl_app.server.strategies import keeps_server_state
+from mefl_app.settings import RunSettings
+
+from . import APP_DIR
+from .runtime.simulation import RayCluster, SimulationSuperLink
+
+VARIANTS = {"me": True, "se": False}  # run folder prefix -> multi-exit
+
+# Settings a campaign varies per run, and the multi-exit loss settings, which a single-exit run
+# ignores (``multi_exit_loss`` of one exit is plain cross-entropy).
+PER_RUN_KEYS = ("multi-exit", "seed", "partition-seed", "output-dir", "resume-from")
+LOSS_KEYS = ("distill-weight", "distill-temperature", "distill-teacher", "exit-loss-weights")
+
+
+def gpu_share(text: str) -> float:
+    """``--gpus-per-client``: Ray gives a client a fraction of one GPU or whole GPUs."""
+    value = float(text)
+    if value < 0 or (value > 1 and not value.is_integer()):
+        raise argparse.ArgumentTypeError(
+            f"{text}: give a share of one GPU (0 to 1, e.g. 0.25) or a whole number of GPUs"
+        )
+    return value
+
+
+def add_client_resources(run: argparse.ArgumentParser) -> None:
+    """``--cpus-per-client`` / ``--gpus-per-client``: what Ray gives each simulated client (every
+    command that runs campaigns takes both)."""
+    run.add_argument("--cpus-per-client", type=int, default=1)
+    run.add_argument(
+        "--gpus-per-client",
+        type=gpu_share,
+        default=0.0,
+        help="share of a GPU each client gets from Ray, e.g. 0.25: four clients share one (default 0)",
+    )
+
+
+def completed_results(folder: Path) -> dict[str, Any] | None:
+    """The newest completed results file under ``folder`` (a run folder per attempt)."""
+    for path in sorted(folder.glob("*/results.json"), reverse=True):
+        results = json.loads(path.read_text())
+        if results.get("status") == "completed":
+            results["_path"] = str(path)
+            return results
+    return None
+
+
+def rounds_wanted(config: dict[str, Any]) -> int:
+    return int(config.get("num-server-rounds", RunSettings.num_server_rounds))
+
+
+def is_done(folder: Path, config: dict[str, Any]) -> bool:
+    """A completed run with at least the configuration's rounds exists under ``folder``."""
+    results = completed_results(folder)
+    return results is not None and len(results["rounds"]) >= rounds_wanted(config)
+
+
+def stopped_attempt(folder: Path, config: dict[str, Any]) -> Path | None:
+    """The newest attempt under ``folder`` with a checkpoint short of the configuration's rounds
+    -- stopped, or completed with fewer rounds -- to continue instead of starting over (not for
+    strategies whose server state a checkpoint lacks)."""
+    if keeps_server_state(config.get("strategy", RunSettings.strategy), config.get("dp", RunSettings.dp)):
+        return None
+    for path in sorted(folder.glob("*/results.json"), reverse=True):
+        checkpoint = checkpoint_of(path.parent, json.loads(path.read_text()))
+        if checkpoint and checkpoint["round"] < rounds_wanted(config):
+            return path.parent
+    return None
+
+
+def run_configs(
+    configs: dict[str, dict[str, Any]],
+    out: Path,
+    clients: int,
+    cpus_per_client: int,
+    log=print,
+    gpus_per_client: float = 0.0,
+    command: str = "",
+) -> None:
+    """Run every named configuration whose folder ``out/runs/<name>`` has no completed results
+    with its rounds; continue a stopped (or shorter) attempt where there is one. Each client gets
+    ``cpus_per_client`` cores and ``gpus_per_client`` of a GPU from Ray (0.25: four share one)."""
+    todo = {name: config for name, config in configs.items() if not is_done(out / "runs" / name, config)}
+    log(f"[mefl] {len(todo)} run(s) to do, {len(configs) - len(todo)} already completed")
+    if not todo:
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    record_invocation(out, command)
+    work = out / ".work"
+    # One Ray cluster for the whole campaign: started once, not once per run.
+    with (
+        RayCluster(work / "ray", num_cpus=os.cpu_count() or 1) as cluster,
+        SimulationSuperLink(work / "flwr-home", ray_address=cluster.address) as link,
+    ):
+        for name, config in todo.items():
+            folder = out / "runs" / name
+            folder.mkdir(parents=True, exist_ok=True)
+            stopped = stopped_attempt(folder, config)
+            if stopped is not None:
+                config = {**config, "resume-from": str(stopped.resolve())}
+            log(
+                f"[mefl] {name}: started {datetime.now(UTC):%H:%M:%S} UTC"
+                + (f", continuing {stopped.name}" if stopped else "")
+            )
+            started = time.perf_counter()
+            with open(folder / "flwr-run.log", "a") as stream:
+                link.run(
+                    APP_DIR,
+                    {**config, "output-dir": folder.resolve()},
+                    clients,
+                    timeout=7 * 24 * 3600,
+                    num_cpus=cpus_per_client,
+                    num_gpus=gpus_per_client,
+                    stdout=stream,
+                )
+            status = "completed" if completed_results(folder) else "FAILED (see flwr-run.log and results.json)"
+            log(f"[mefl] {name}: {status} in {time.perf_counter() - started:.0f} s")
+
+
+def record_invocation(out: Path, command: str) -> None:
+    """Append ``command``, the machine and the time to ``campaign.json`` (the report cites it)."""
+    path = out / "campaign.json"
+    history = json.loads(path.read_text()) if path.exists() else []
+    history.append(
+        {
+            "command": command,
+            "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": f"{platform.node()}: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+            f"{platform.system()} {platform.release()}, Python {platform.python_version()}",
+        }
+    )
+    path.write_text(json.dumps(history, indent=1))
+
+
+def collect(out: Path) -> dict[str, dict[int, dict[str, Any]]]:
+    """variant -> seed -> completed results, from the files under ``out/runs``."""
+    found: dict[str, dict[int, dict[str, Any]]] = {}
+    for folder in sorted((out / "runs").glob("*-seed*")):
+        variant, _, seed = folder.name.partition("-seed")
+        results = completed_results(folder)
+        if results is not None:
+            found.setdefault(variant, {})[int(seed)] = results
+    return found

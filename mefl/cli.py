@@ -1,0 +1,161 @@
+"""``mefl <verb>``: the command line of mefl's tools (``mefl <verb> --help`` for each verb).
+
+    mefl study    run the study's campaign (multi-exit vs single-exit per seed), then its report
+    mefl report   rewrite a study campaign's report.md and plots from its results files
+    mefl compare  one Markdown table of several campaign folders' final accuracies
+    mefl exits    resource-aware exit configurations side by side (all-deep / mixed / exclusive)
+    mefl shards   write one shard file per client, for real devices
+    mefl deploy   a real local deployment: SuperLink + SuperNodes as separate processes
+    mefl certs    a test CA, a SuperLink certificate and SuperNode key pairs
+
+A user's mistake (a bad setting, missing data) ends with one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from mefl_app.data.tensors import DataUnavailableError
+from mefl_app.settings import SettingsError
+
+from . import compare, exits, report, shards, study
+from .campaigns import VARIANTS, add_client_resources, run_configs
+from .runtime import certificates, deployment
+from .runtime.processes import interrupt_on_termination
+
+
+def _add_se_from(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--se-from",
+        type=Path,
+        default=None,
+        metavar="FOLDER",
+        help="report the single-exit runs of this campaign folder (one that differs only in the"
+        " distillation settings, which the single-exit model does not use)",
+    )
+
+
+def _add_campaign_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--clients", type=int, default=24, help="simulated SuperNodes (num-supernodes)")
+    add_client_resources(parser)
+    parser.add_argument(
+        "--run-config", default="", help='overrides for every run: flwr run syntax ("key=value ...") or one .toml file'
+    )
+    parser.add_argument("--out", type=Path, required=True, help="the campaign folder")
+
+
+def _study(args: argparse.Namespace) -> int:
+    if args.se_from is not None and "se" in args.variants:
+        raise SystemExit(
+            "mefl study: error: --se-from takes the single-exit runs from another folder: use --variants me"
+        )
+    interrupt_on_termination()  # `kill` stops the campaign's Ray cluster and SuperLink too
+    study.run_campaign(
+        args.task,
+        args.seeds,
+        args.variants,
+        args.out,
+        args.clients,
+        args.run_config,
+        args.cpus_per_client,
+        gpus_per_client=args.gpus_per_client,
+        command=args.command_line,
+    )
+    print(f"report: {report.write_report(args.out, args.se_from)}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    print(f"report: {report.write_report(args.out, args.se_from)}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    print(f"comparison: {compare.write_comparison(args.folders, args.out)}")
+    return 0
+
+
+def _exits(args: argparse.Namespace) -> int:
+    if not args.report_only:
+        interrupt_on_termination()  # `kill` stops the Ray cluster and SuperLink too
+        configs = exits.configs_for(args.task, args.rounds, args.clients, args.run_config)
+        run_configs(
+            configs,
+            args.out,
+            args.clients,
+            args.cpus_per_client,
+            gpus_per_client=args.gpus_per_client,
+            command=args.command_line,
+        )
+    print(f"report: {exits.write_report(args.out)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mefl", description="mefl's tools around the Flower app (mefl VERB --help).")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    run = verbs.add_parser(
+        "study",
+        help="run ME and SE for every seed (skips completed runs), then report",
+        description=study.__doc__.splitlines()[0],
+    )
+    run.add_argument("--task", choices=["fmnist", "har"], required=True)
+    run.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    run.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    _add_campaign_options(run)
+    _add_se_from(run)
+    run.set_defaults(handler=_study)
+
+    rep = verbs.add_parser(
+        "report",
+        help="write report.md and plots from existing results (no training)",
+        description=report.__doc__.splitlines()[0],
+    )
+    rep.add_argument("--out", type=Path, required=True, help="the campaign folder")
+    _add_se_from(rep)
+    rep.set_defaults(handler=_report)
+
+    cmp = verbs.add_parser(
+        "compare",
+        help="one Markdown table of the final accuracies of several campaign folders",
+        description=compare.__doc__.splitlines()[0],
+    )
+    cmp.add_argument("folders", type=Path, nargs="+", help="campaign folders")
+    cmp.add_argument("--out", type=Path, required=True, help="the Markdown file to write")
+    cmp.set_defaults(handler=_compare)
+
+    ex = verbs.add_parser(
+        "exits",
+        help="all-deep, mixed-level and exclusive exit configurations, then their report",
+        description=exits.__doc__.splitlines()[0],
+    )
+    ex.add_argument("--task", choices=["fmnist", "har"], default="fmnist")
+    ex.add_argument("--rounds", type=int, default=10)
+    _add_campaign_options(ex)
+    ex.add_argument("--report-only", action="store_true", help="only rewrite the report from existing results")
+    ex.set_defaults(handler=_exits)
+
+    for name, module, summary in (
+        ("shards", shards, "write one shard file per client plus a manifest"),
+        ("deploy", deployment, "a local deployment: SuperLink + SuperNodes as real processes"),
+        ("certs", certificates, "a test CA, SuperLink certificate and SuperNode keys"),
+    ):
+        verb = verbs.add_parser(name, help=summary, description=(module.main.__doc__ or summary).splitlines()[0])
+        module.add_arguments(verb)
+        verb.set_defaults(handler=module.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.command_line = "mefl " + shlex.join(argv)
+    try:
+        return args.handler(args)
+    except (SettingsError, DataUnavailableError) as error:
+        print(f"mefl {args.verb}: error: {error}", file=sys.stderr)
+        return 2

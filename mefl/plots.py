@@ -1,0 +1,95 @@
+"""The reports' plots (PNG, matplotlib's Agg backend: no screen needed)."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+from mefl_app.server.run_folder import ACCURACY_KINDS
+
+from .report_text import KIND_TITLES
+
+
+def accuracy_plots(out: Path, runs: dict[str, dict[int, dict[str, Any]]], target: float) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = []
+    styles = {"me": "-", "se": "--"}
+    for kind in ACCURACY_KINDS:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for variant, by_seed in sorted(runs.items()):
+            exits = next(iter(by_seed.values()))["exit_names"]
+            for e, exit_name in enumerate(exits):
+                curves = [
+                    [r[kind][exit_name]["accuracy"] for r in res["rounds"] if kind in r] for res in by_seed.values()
+                ]
+                length = min(len(c) for c in curves)
+                mean = [statistics.fmean(c[i] for c in curves) for i in range(length)]
+                ax.plot(
+                    range(1, length + 1),
+                    mean,
+                    styles.get(variant, ":"),
+                    color=f"C{e if variant == 'me' else 3}",
+                    label=f"{'multi-exit' if variant == 'me' else 'single-exit'} {exit_name}",
+                )
+        ax.axhline(target, color="grey", linewidth=0.8, linestyle=":", label=f"target {target:.2f}")
+        ax.set(xlabel="round", ylabel="accuracy", title=KIND_TITLES[kind], ylim=(0, 1))
+        ax.title.set_fontsize(9)
+        ax.legend(fontsize=7, loc="lower right")
+        name = f"accuracy_{kind}.png"
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+        names.append(name)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    labels, data = [], []
+    for variant, by_seed in sorted(runs.items()):
+        for exit_name in next(iter(by_seed.values()))["exit_names"]:
+            values = [
+                acc
+                for res in by_seed.values()
+                for acc in res["rounds"][-1]["personalized"][exit_name]["per_client"].values()
+            ]
+            labels.append(f"{variant}\n{exit_name}")
+            data.append(values)
+    ax.boxplot(data)
+    ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=8)
+    ax.set(ylabel="personalized accuracy of one client", title="final per-client personalized accuracy (all seeds)")
+    fig.tight_layout()
+    fig.savefig(out / "per_client_spread.png", dpi=120)
+    plt.close(fig)
+    names.append("per_client_spread.png")
+    return names
+
+
+def early_exit_plot(out: Path, runs: dict[str, dict[str, Any]], exits: list[str], mflops: list[float]) -> str:
+    """Accuracy against average forward MFLOPs: each run's threshold sweep and its fixed exits."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (name, results) in enumerate(runs.items()):
+        last = results["rounds"][-1]
+        curve = last.get("global_local_early_exit")
+        if not curve:
+            continue
+        ax.plot(curve["mflops_per_sample"], curve["accuracy"], "o-", color=f"C{i}", label=f"{name}: threshold sweep")
+        fixed = [
+            (mflops[e], last["global_local"][n]["accuracy"]) for e, n in enumerate(exits) if n in last["global_local"]
+        ]
+        ax.plot(*zip(*fixed), "s", color=f"C{i}", markerfacecolor="none", label=f"{name}: fixed exits")
+    ax.set(
+        xlabel="average forward MFLOPs per sample", ylabel="accuracy", title="early-exit inference: accuracy vs compute"
+    )
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "early_exit.png", dpi=120)
+    plt.close(fig)
+    return "early_exit.png"

@@ -1,0 +1,245 @@
+"""Processes and ports on this machine, for the local runners (simulation and deployment).
+
+Every process is started in its own session; stopping signals its process group AND every
+descendant that left it (Flower's SuperLink starts its SuperExec in a new session), waits, then
+SIGKILLs what is left -- only processes we started, never a reused pid.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+BIN = Path(sys.executable).parent
+
+
+def flwr_bin(name: str) -> str:
+    """Flower's console scripts next to this interpreter (a venv), else from PATH."""
+    candidate = BIN / name
+    return str(candidate) if candidate.exists() else name
+
+
+def free_port(taken: set[int] | None = None) -> int:
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if not taken or port not in taken:
+            return port
+
+
+def port_is_bound(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def run_config_arg(config: dict[str, Any] | str) -> str:
+    """``--run-config`` syntax: strings quoted, numbers and booleans bare (TOML)."""
+    if isinstance(config, str):
+        return config
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return str(v).lower()
+        return f"'{v}'" if isinstance(v, (str, Path)) else str(v)
+
+    return " ".join(f"{k}={value(v)}" for k, v in config.items())
+
+
+# -- processes ------------------------------------------------------------------------------
+def _proc_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, start time) for every process we may see."""
+    table: dict[int, tuple[int, str]] = {}
+    if os.path.isdir("/proc"):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    stat = handle.read()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) "
+            table[int(entry)] = (int(fields[1]), fields[19])  # ppid, starttime
+        return table
+    out = subprocess.run(["ps", "-A", "-o", "pid=,ppid=,lstart="], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        parts = line.split(None, 2)
+        if len(parts) == 3:
+            table[int(parts[0])] = (int(parts[1]), parts[2])
+    return table
+
+
+def descendants(pids: list[int]) -> dict[int, str]:
+    """Every process below ``pids`` (children, grandchildren, ...), pid -> start time. Flower's
+    SuperLink starts its SuperExec in a new session, so a process group does not cover it."""
+    table = _proc_table()
+    children: dict[int, list[int]] = defaultdict(list)
+    for pid, (ppid, _) in table.items():
+        children[ppid].append(pid)
+    found: dict[int, str] = {}
+    stack = list(pids)
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found:
+                found[child] = table[child][1]
+                stack.append(child)
+    return found
+
+
+def process_alive(pid: int, started: str | None = None) -> bool:
+    """Still running and still the same process (not a reused pid), zombies count as gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            stat = handle.read()
+        fields = stat[stat.rfind(")") + 2 :].split()
+        return fields[0] != "Z" and (started is None or fields[19] == started)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        pass
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+@dataclass
+class ManagedProcess:
+    """One process this deployment started, in its own session (process group)."""
+
+    name: str
+    popen: subprocess.Popen
+    log_path: Path
+    log: IO[Any] | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def running(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.popen.pid, sig)  # pgid == pid: started with start_new_session
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def stop_processes(processes: list[ManagedProcess], grace: float = 10.0, first: int = signal.SIGTERM) -> None:
+    """Signal every process group (and every descendant that left it) with ``first``, wait up
+    to ``grace`` seconds, then SIGKILL whatever is left; reap everything. Only processes we
+    started or their descendants are signalled."""
+    # Only unreaped processes: a reaped one's pid may belong to someone else by now.
+    tracked = [p for p in processes if p.running()]
+    below = descendants([p.pid for p in tracked])
+
+    def signal_all(sig: int) -> None:
+        for proc in tracked:
+            if proc.running():
+                proc.signal_group(sig)
+        for pid, started in below.items():
+            if process_alive(pid, started):
+                try:
+                    os.kill(pid, sig)
+                except (ProcessLookupError, PermissionError):
+                    pass
+
+    def wait(until: float) -> bool:
+        while time.monotonic() < until:
+            below.update(descendants([p.pid for p in tracked if p.running()]))
+            if not any(p.running() for p in tracked) and not any(process_alive(pid, s) for pid, s in below.items()):
+                return True
+            time.sleep(0.1)
+        return False
+
+    if tracked or below:
+        signal_all(first)
+        if not wait(time.monotonic() + grace):
+            signal_all(signal.SIGKILL)
+            wait(time.monotonic() + 10)
+    for proc in processes:
+        try:
+            proc.popen.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.signal_group(signal.SIGKILL)
+            proc.popen.wait(timeout=5)
+        if proc.log is not None and not proc.log.closed:
+            proc.log.close()
+
+
+_TERMINATIONS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def interrupt_on_termination() -> None:
+    """Turn SIGTERM and SIGHUP into KeyboardInterrupt, so that a command stopped by ``kill`` or a
+    closed terminal unwinds like Ctrl-C and its ``with`` blocks stop the processes they started
+    (Python's default for SIGTERM exits at once and would orphan them)."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    for sig in _TERMINATIONS:
+        signal.signal(sig, interrupt)
+
+
+_INTERRUPTS = (signal.SIGINT, *_TERMINATIONS)
+
+
+@contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Hold Ctrl-C (and SIGTERM/SIGHUP) until the block is done, then raise it.
+
+    For "start a process and record it": an interrupt in between would leave a child that
+    nobody stops. A no-op outside the main thread (only it can set handlers). Ignored signals
+    and handlers installed from C (which Python cannot reinstall) are left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous: dict[int, Any] = {}
+    try:
+        for sig in _INTERRUPTS:
+            handler = signal.getsignal(sig)
+            if handler is not None and handler != signal.SIG_IGN:
+                previous[sig] = signal.signal(sig, lambda signum, frame: caught.append(signum))
+        yield
+    finally:
+        _restore_handlers(previous)
+    if caught:
+        handler = previous[caught[0]]
+        if callable(handler):
+            handler(caught[0], None)  # KeyboardInterrupt, as if the signal came now
+        else:  # SIG_DFL
+            signal.raise_signal(caught[0])
+
+
+def _restore_handlers(previous: dict[int, Any]) -> None:
+    """``signal.signal`` runs pending handlers before it installs: one already restored may raise
+    KeyboardInterrupt there. Restore every handler all the same, then raise it."""
+    interrupted: BaseException | None = None
+    for sig, handler in previous.items():
+        while True:
+            try:
+                signal.signal(sig, handler)
+                break
+            except KeyboardInterrupt as error:  # not installed yet: try again
+                interrupted = interrupted or error
+    if interrupted is not None:
+        raise interrupted

@@ -1,0 +1,42 @@
+"""The study's comparison, multi-exit vs single-exit, as a campaign: run it, then report it.
+
+    mefl study --task fmnist --seeds 0 1 2 --out results/study/fmnist
+    mefl study --task har --seeds 0 1 2 --run-config conf/har-study.toml --out results/study/har
+
+Each (variant, seed) is one run of the real app through Flower's simulation engine (a private
+SuperLink, as ``flwr run .`` would use): multi-exit and single-exit share the seed and the shards
+(``seed`` and ``partition-seed`` are both set to the seed). Completed runs are skipped and
+stopped ones continued (see campaigns.py); the report is rewritten at the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from flwr.common.config import parse_config_args
+
+from .campaigns import VARIANTS, run_configs
+
+
+def run_campaign(
+    task: str,
+    seeds: Sequence[int],
+    variants: Sequence[str],
+    out: Path,
+    clients: int,
+    run_config: str,
+    cpus_per_client: int,
+    log=print,
+    gpus_per_client: float = 0.0,
+    command: str = "",
+) -> None:
+    """ME and SE for every seed; a seed sets both ``seed`` and ``partition-seed``, so the two
+    variants of a seed see identical shards and initial backbones."""
+    overrides = parse_config_args([run_config]) if run_config else {}
+    configs = {
+        f"{v}-seed{s}": {**overrides, "task": task, "multi-exit": VARIANTS[v], "seed": s, "partition-seed": s}
+        for s in seeds
+        for v in variants
+    }
+    run_configs(configs, out, clients, cpus_per_client, log, gpus_per_client, command)

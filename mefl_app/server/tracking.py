@@ -1,0 +1,189 @@
+"""A strategy wrapper that measures a run and leaves every decision to the strategy it wraps.
+
+``TrackingStrategy`` delegates every decision to the strategy it wraps (FedAvg by default, any
+Flower ``Strategy`` in general) and only observes: bytes of the arrays in every message sent
+and received, which clients replied, and every client's per-exit metrics -- read from ALL
+replies before the inner strategy sees them, so strategies that aggregate a subset (Krum) still
+leave every client's personalized accuracy on record. The one thing it changes is the order of
+the replies: the inner strategy gets them sorted by partition id, because floating-point sums
+depend on their order and replies arrive in whatever order clients finish -- sorted, FedAvg sums
+the same arrays in the same order every time, and a seed gives the same model. A continued run
+(``resume-from``) numbers its rounds from where the stopped run ended: ``round_offset`` is added
+to the round that Flower's loop counts, for the inner strategy (so clients see the true round)
+and the record. Each round is closed here too (recorded, checkpointed, logged) right after its
+last step, the central evaluation of ``start``'s ``evaluate_fn``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result, Strategy
+
+from .. import metrics
+from .run_folder import RunRecorder
+
+
+def array_bytes(content: RecordDict) -> int:
+    """Payload size of every array in a message's content."""
+    return sum(len(array.data) for record in content.array_records.values() for array in record.values())
+
+
+def in_partition_order(replies: list[Message]) -> list[Message]:
+    """Successful replies by partition id, then the failed ones (in arrival order)."""
+
+    def key(message: Message) -> tuple[int, int]:
+        if message.has_error():
+            return (1, 0)
+        return (0, int(metrics.metric_record_of(message.content)[metrics.PARTITION_ID]))
+
+    return sorted(replies, key=key)
+
+
+class TooFewReplies(RuntimeError):
+    """Fewer clients than ``min-train-replies`` answered a round: the run stops instead of
+    going on with (or repeating) a model that too few clients shaped."""
+
+
+class TrackingStrategy(Strategy):
+    def __init__(
+        self,
+        inner: Strategy,
+        recorder: RunRecorder,
+        min_train_replies: int = 1,
+        round_offset: int = 0,
+    ) -> None:
+        self.inner = inner
+        self.round_offset = round_offset
+        self.recorder = recorder
+        self.min_train_replies = min_train_replies
+        self._sent = 0  # messages sent in the current phase
+
+    def __getattr__(self, name: str) -> Any:  # the inner strategy's settings stay reachable
+        return getattr(self.inner, name)
+
+    def summary(self) -> None:
+        self.inner.summary()
+
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+    ) -> Result:
+        """Flower's round loop over the wrapped strategy. ``evaluate_fn`` (central evaluation)
+        returns a client-style scores record (``metrics.scores_record``); after it, the round is
+        closed and the global model checkpointed."""
+        last_round = num_rounds + self.round_offset
+
+        def evaluate_and_close(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+            if self.round_offset and server_round == 0:
+                return None  # the stopped run evaluated this model already
+            server_round += self.round_offset
+            scores = evaluate_fn(server_round, arrays) if evaluate_fn is not None else None
+            if scores is not None:
+                self.recorder.record_central(server_round, metrics.scores_from_record(scores))
+            if server_round > 0:
+                self.recorder.finish_round(server_round, last_round, arrays)
+            return scores
+
+        return super().start(
+            grid=grid,
+            initial_arrays=initial_arrays,
+            num_rounds=num_rounds,
+            timeout=timeout,
+            train_config=train_config,
+            evaluate_config=evaluate_config,
+            evaluate_fn=evaluate_and_close,
+        )
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        server_round += self.round_offset
+        self.recorder.round_started(server_round)
+        messages = list(self.inner.configure_train(server_round, arrays, config, grid))
+        self._sent = len(messages)
+        self.recorder.add_bytes(server_round, down=sum(array_bytes(m.content) for m in messages))
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.round_offset
+        replies = in_partition_order(list(replies))  # float sums in one order: a seed repeats to the bit
+        ok = self._observe(server_round, "train", replies, "personalized")
+        if len(ok) < self.min_train_replies:
+            errors = [m.error.reason for m in replies if m.has_error()]
+            raise TooFewReplies(
+                f"round {server_round}: {len(ok)} of {self._sent} training replies succeeded, "
+                f"min-train-replies is {self.min_train_replies}"
+                + (
+                    f"; first error: {errors[0]}"
+                    if errors
+                    else f"; {self._sent - len(replies)} timed out or never came"
+                )
+            )
+        self.recorder.add_bytes(server_round, up=sum(array_bytes(m.content) for m in ok))
+        records = [metrics.metric_record_of(m.content) for m in ok]
+        for record in records:
+            self.recorder.record_partition(
+                int(record[metrics.PARTITION_ID]),
+                {
+                    "num_train": int(record[metrics.NUM_EXAMPLES]),
+                    "num_test": int(max(record[metrics.EXAMPLES])),
+                    "label_counts_train": list(record[metrics.LABEL_COUNTS]),
+                },
+            )
+        self.recorder.record_value(server_round, "train_loss", metrics.weighted_train_loss(records))
+        by_client = lambda key: {str(int(r[metrics.PARTITION_ID])): float(r[key]) for r in records}  # noqa: E731
+        self.recorder.record_value(server_round, "client_train_seconds", by_client(metrics.TRAIN_SECONDS))
+        self.recorder.record_value(server_round, "client_train_mflops", by_client(metrics.TRAIN_MFLOPS))
+        self.recorder.record_value(
+            server_round, "client_exit_levels", {k: int(v) for k, v in by_client(metrics.EXIT_LEVEL).items()}
+        )
+        arrays, aggregate = self.inner.aggregate_train(server_round, replies)
+        # Which replies the strategy aggregated, as its train_metrics_aggr_fn reports it (None: unknown).
+        aggregated = aggregate.get(metrics.AGGREGATED_PARTITIONS) if aggregate is not None else None
+        self.recorder.record_value(
+            server_round, "aggregated_partitions", None if aggregated is None else list(aggregated)
+        )
+        return arrays, aggregate
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        server_round += self.round_offset
+        messages = list(self.inner.configure_evaluate(server_round, arrays, config, grid))
+        self._sent = len(messages)
+        self.recorder.add_bytes(server_round, down=sum(array_bytes(m.content) for m in messages))
+        return messages
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        server_round += self.round_offset
+        replies = in_partition_order(list(replies))  # float sums in one order: a seed repeats to the bit
+        self._observe(server_round, "evaluate", replies, "global_local")
+        return self.inner.aggregate_evaluate(server_round, replies)
+
+    def _observe(self, server_round: int, phase: str, replies: list[Message], kind: str) -> list[Message]:
+        ok = [m for m in replies if not m.has_error()]
+        per_client = {}
+        for message in ok:
+            record = metrics.metric_record_of(message.content)
+            per_client[int(record[metrics.PARTITION_ID])] = metrics.scores_from_record(record)
+        self.recorder.record_replies(
+            server_round,
+            phase,
+            self._sent,
+            ok={m.metadata.src_node_id: int(metrics.metric_record_of(m.content)[metrics.PARTITION_ID]) for m in ok},
+            failed={m.metadata.src_node_id: m.error.reason for m in replies if m.has_error()},
+        )
+        self.recorder.record_scores(server_round, kind, per_client)
+        return ok

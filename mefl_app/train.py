@@ -1,0 +1,62 @@
+"""Local training: SGD epochs on the multi-exit loss over a client's in-memory shard."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .data.tensors import TensorData
+from .model.loss import multi_exit_loss
+from .settings import RunSettings
+
+
+def train_local(
+    model: nn.Module,
+    data: TensorData,
+    settings: RunSettings,
+    *,
+    generator: torch.Generator,
+    device: torch.device,
+    proximal_mu: float = 0.0,
+    grad_norms: list[float] | None = None,
+) -> float:
+    """``local-epochs`` epochs of SGD on the summed multi-exit loss; returns the mean batch loss.
+
+    ``proximal_mu > 0`` adds FedProx's ``mu/2 * ||w - w_global||^2`` (Li et al., 2020).
+    Batches are index slices of in-memory tensors, reshuffled each epoch with ``generator``.
+    ``grad_norms``, if given, receives every step's gradient norm before clipping (diagnostics;
+    needs ``max-grad-norm > 0``).
+    """
+    model.train()
+    exit_weights = settings.loss_weights(model.num_exits)  # a level-k client: exits 1..k
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=settings.learning_rate, momentum=settings.momentum, weight_decay=settings.weight_decay
+    )
+    anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
+    x, y = data.x.to(device), data.y.to(device)
+    loss_sum, steps = torch.zeros((), device=device), 0
+    for _ in range(settings.local_epochs):
+        order = torch.randperm(len(y), generator=generator).to(device)
+        for batch in order.split(settings.batch_size):
+            if len(batch) < 2:  # BatchNorm cannot normalise a single sample
+                continue
+            loss = multi_exit_loss(
+                model(x[batch]),
+                y[batch],
+                distill_weight=settings.distill_weight,
+                temperature=settings.distill_temperature,
+                teacher=settings.distill_teacher,
+                exit_weights=exit_weights,
+            )
+            if anchor is not None:
+                loss = loss + proximal_mu / 2 * sum((p - a).pow(2).sum() for p, a in zip(model.parameters(), anchor))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if settings.max_grad_norm > 0:
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+                if grad_norms is not None:
+                    grad_norms.append(float(norm))
+            optimizer.step()
+            loss_sum += loss.detach()
+            steps += 1
+    return float(loss_sum) / max(steps, 1)

@@ -21,6 +21,7 @@ from mefl_app.data.shards import make_client_shard
 from mefl_app.device import apply_thread_setting, select_device
 from mefl_app.evaluate import evaluate_exits
 from mefl_app.metrics import pool
+from mefl_app.seeds import client_round_seed
 from mefl_app.settings import RunSettings
 from mefl_app.task import build_model, initial_model, load_task_data
 from mefl_app.train import train_local
@@ -58,7 +59,7 @@ def run(settings: RunSettings, num_clients: int, rounds: int, log=print) -> list
         for shard in shards:
             local = build_model(settings, data.num_classes, data.input_shape).to(device)
             local.load_state_dict(global_state)
-            seed = settings.seed * 1_000_003 + server_round * 1_009 + shard.partition_id
+            seed = client_round_seed(settings.seed, server_round, shard.partition_id)
             torch.manual_seed(seed)
             train_local(local, shard.train, settings, generator=torch.Generator().manual_seed(seed), device=device)
             personalized.append(evaluate_exits(local, shard.test, batch_size=settings.eval_batch_size, device=device))

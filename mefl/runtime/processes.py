@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +140,19 @@ class ManagedProcess:
             os.killpg(self.popen.pid, sig)  # pgid == pid: started with start_new_session
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def start_logged(
+    name: str, command: list[str], log_path: Path, env: dict[str, str], record: Callable[[ManagedProcess], None]
+) -> ManagedProcess:
+    """Start ``command`` in its own session with its output in ``log_path``; ``record`` (e.g. a
+    list's ``append``) keeps it before a Ctrl-C can unwind, so that whoever stops processes finds it."""
+    log = open(log_path, "w")
+    with deferred_interrupts():
+        popen = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = ManagedProcess(name, popen, log_path, log)
+        record(process)
+    return process
 
 
 def stop_processes(processes: list[ManagedProcess], grace: float = 10.0, first: int = signal.SIGTERM) -> None:

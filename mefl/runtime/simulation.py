@@ -15,7 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from .processes import BIN, ManagedProcess, deferred_interrupts, free_port, run_config_arg, stop_processes
+from .processes import BIN, ManagedProcess, free_port, run_config_arg, start_logged, stop_processes
 
 
 class SimulationSuperLink:
@@ -40,26 +40,9 @@ class SimulationSuperLink:
         (self.home / "config.toml").write_text(
             f'[superlink]\ndefault = "test"\n\n[superlink.test]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n'
         )
-        log_path = self.home / "superlink.log"
-        log = open(log_path, "w")
-        with deferred_interrupts():  # recorded before Ctrl-C can unwind
-            popen = subprocess.Popen(
-                [
-                    str(BIN / "flower-superlink"),
-                    "--insecure",
-                    "--simulation",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                    "--disable-runtime-dependency-installation",
-                ],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            self.process = ManagedProcess("superlink", popen, log_path, log)
+        command = [str(BIN / "flower-superlink"), "--insecure", "--simulation", "--host", "127.0.0.1"]
+        command += ["--port", str(self.port), "--disable-runtime-dependency-installation"]
+        start_logged("superlink", command, self.home / "superlink.log", self.env, lambda p: setattr(self, "process", p))
         deadline = time.monotonic() + 60
         try:
             while time.monotonic() < deadline:
@@ -136,27 +119,10 @@ class RayCluster:
         self.nodes: list[ManagedProcess] = []
 
     def _start(self, args: list[str], num_cpus: int) -> None:
-        log_path = self.temp_dir / f"node{len(self.nodes)}.log"
-        log = open(log_path, "w")
-        with deferred_interrupts():  # recorded before Ctrl-C can unwind
-            popen = subprocess.Popen(
-                [
-                    str(BIN / "ray"),
-                    "start",
-                    "--block",
-                    "--node-ip-address",
-                    "127.0.0.1",
-                    "--num-cpus",
-                    str(num_cpus),
-                    "--disable-usage-stats",
-                    *args,
-                ],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            self.nodes.append(ManagedProcess(f"ray-node{len(self.nodes)}", popen, log_path, log))
+        command = [str(BIN / "ray"), "start", "--block", "--node-ip-address", "127.0.0.1"]
+        command += ["--num-cpus", str(num_cpus), "--disable-usage-stats", *args]
+        index = len(self.nodes)
+        start_logged(f"ray-node{index}", command, self.temp_dir / f"node{index}.log", self.env, self.nodes.append)
 
     def __enter__(self) -> RayCluster:
         self.temp_dir.mkdir(parents=True, exist_ok=True)

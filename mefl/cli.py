@@ -18,7 +18,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from mefl_app.data.tensors import DataUnavailableError
+from mefl_app.data.tensors import DataError
 from mefl_app.settings import SettingsError
 
 from . import compare, exits, report, shards, study
@@ -156,6 +156,6 @@ def main(argv: list[str] | None = None) -> int:
     args.command_line = "mefl " + shlex.join(argv)
     try:
         return args.handler(args)
-    except (SettingsError, DataUnavailableError) as error:
+    except (SettingsError, DataError) as error:
         print(f"mefl {args.verb}: error: {error}", file=sys.stderr)
         return 2

@@ -19,7 +19,9 @@ from . import metrics
 from .data.shards import ClientShard, label_counts
 from .device import apply_thread_setting, select_device
 from .evaluate import evaluate_exits
+from .health import NonFiniteError
 from .seeds import client_round_seed, validation_split_seed
+from .server.census import census_record
 from .settings import RunSettings
 from .task import build_model, exit_level, load_client_shard, model_costs
 from .train import train_local
@@ -42,11 +44,16 @@ class LocalSetup:
     train_mflops_per_sample: float
 
 
+def _announced(msg: Message) -> tuple[int, tuple[int, ...]]:
+    """The number of classes and the input shape of the server's model."""
+    config = msg.content["config"]
+    return int(config["num-classes"]), tuple(int(d) for d in config["input-shape"])
+
+
 def _prepare(msg: Message, context: Context) -> LocalSetup:
     settings = RunSettings.from_run_config(context.run_config)
     apply_thread_setting(settings)
-    config = msg.content["config"]
-    num_classes, input_shape = int(config["num-classes"]), tuple(int(d) for d in config["input-shape"])
+    num_classes, input_shape = _announced(msg)
     shard = load_client_shard(settings, context.node_config, num_classes, input_shape)
     if settings.validation_fraction > 0:
         shard = shard.validation_view(
@@ -76,14 +83,17 @@ def train(msg: Message, context: Context) -> Message:
     started = time.perf_counter()
     train_loss = 0.0
     if trains:
-        train_loss = train_local(
-            model,
-            shard.train,
-            settings,
-            generator=torch.Generator().manual_seed(seed),
-            device=local.device,
-            proximal_mu=float(msg.content["config"].get("proximal-mu", 0.0)),
-        )
+        try:
+            train_loss = train_local(
+                model,
+                shard.train,
+                settings,
+                generator=torch.Generator().manual_seed(seed),
+                device=local.device,
+                proximal_mu=float(msg.content["config"].get("proximal-mu", 0.0)),
+            )
+        except NonFiniteError as error:  # a diverged model is not uploaded
+            raise NonFiniteError(f"partition {shard.partition_id}, round {server_round}: {error}") from None
     train_seconds = time.perf_counter() - started
     scores = evaluate_exits(
         model,
@@ -125,3 +135,19 @@ def evaluate(msg: Message, context: Context) -> Message:
     )
     record = metrics.scores_record(local.shard.partition_id, len(local.shard.test), scores)
     return Message(RecordDict({"metrics": record}), reply_to=msg)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """The census before round 1: load (and so check) this node's shard and say which partition
+    and exit level it holds; the server checks the federation as a whole."""
+    settings = RunSettings.from_run_config(context.run_config)
+    num_classes, input_shape = _announced(msg)
+    shard = load_client_shard(settings, context.node_config, num_classes, input_shape)
+    from_node = "exit-level" in context.node_config
+    covered = from_node or not settings.profile_levels or shard.partition_id < len(settings.profile_levels)
+    level = exit_level(settings, context.node_config, shard.partition_id) if covered else 0
+    record = census_record(
+        shard.partition_id, int(shard.meta["num_partitions"]), level, from_node, len(shard.train), len(shard.test)
+    )
+    return Message(RecordDict({"census": record}), reply_to=msg)

@@ -9,6 +9,7 @@ from logging import INFO
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
+from flwr.supercore.exit import add_exit_handler
 from torch import nn
 
 from . import metrics
@@ -16,6 +17,7 @@ from .data.tensors import TaskData
 from .device import select_device
 from .evaluate import evaluate_exits
 from .runtime_check import check_runtime_environment
+from .server.census import take_census
 from .server.exit_levels import ExitLevelAggregation
 from .server.polling_grid import PollingGrid
 from .server.resume import load_resume_point
@@ -30,32 +32,35 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    # Everything that can be wrong with the settings fails here, before any folder or round.
+    # A bad setting fails here, before any folder; everything after is recorded in results.json.
     check_runtime_environment()
     settings = RunSettings.from_run_config(context.run_config)
     strategy = build_strategy(settings)
-    data = load_task_data(settings)
-    model = initial_model(settings, data.num_classes, data.input_shape)
-    resumed = load_resume_point(settings.resume_from, settings) if settings.resume_from else None
-    if resumed is not None:
-        model.load_state_dict(resumed.state_dict)
-        log(INFO, "[mefl] continuing %s after round %d", resumed.run_dir, resumed.server_round)
-    offset = resumed.server_round if resumed else 0
-
-    # The output folder and what a run records
     variant = "me" if settings.multi_exit else "se"
     run_dir = make_run_dir(settings.output_path, f"{settings.task}-{variant}-seed{settings.seed}-run{context.run_id}")
     log(INFO, "[mefl] writing results to %s", run_dir)
-    header = run_header(settings, context.run_id, type(strategy).__name__, model, data)
-    recorder = RunRecorder(run_dir, header, exit_names(settings), settings.target, resumed)
-
-    # Flower's strategy, aware of exit levels, observed by the tracking wrapper
-    levels = ExitLevelAggregation(strategy, level_array_names(settings, data.num_classes, data.input_shape))
-    tracked = TrackingStrategy(levels, recorder, settings.min_train_replies, offset)
-    # Clients build their model from what the server announces, and refuse other data.
-    announced = {"num-classes": data.num_classes, "input-shape": list(data.input_shape)}
-    tuning = settings.validation_fraction > 0  # the central test set stays unseen
+    header = {"run_id": context.run_id, "run_config": settings.as_run_config(), "strategy": type(strategy).__name__}
+    recorder = RunRecorder(run_dir, header, exit_names(settings), settings.target)
+    add_exit_handler(lambda: recorder.interrupt("stopped by a signal (SIGTERM, Ctrl-C or flwr stop)"))
     try:
+        # Data, model, and the stopped run this one continues
+        data = load_task_data(settings)
+        model = initial_model(settings, data.num_classes, data.input_shape)
+        recorder.describe(describe_run(settings, model, data))
+        resumed = load_resume_point(settings.resume_from, settings) if settings.resume_from else None
+        if resumed is not None:
+            model.load_state_dict(resumed.state_dict)
+            recorder.continue_from(resumed)
+            log(INFO, "[mefl] continuing %s after round %d", resumed.run_dir, resumed.server_round)
+        offset = resumed.server_round if resumed else 0
+
+        # Flower's strategy, aware of exit levels, observed by the tracking wrapper
+        levels = ExitLevelAggregation(strategy, level_array_names(settings, data.num_classes, data.input_shape))
+        tracked = TrackingStrategy(levels, recorder, settings.min_train_replies, offset, settings.min_train_fraction)
+        # Clients build their model from what the server announces, and refuse other data.
+        announced = {"num-classes": data.num_classes, "input-shape": list(data.input_shape)}
+        recorder.record_federation(take_census(grid, settings, announced))
+        tuning = settings.validation_fraction > 0  # the central test set stays unseen
         result = tracked.start(
             grid=PollingGrid(grid, settings.reply_poll_seconds),
             initial_arrays=ArrayRecord(model.state_dict()),
@@ -69,7 +74,6 @@ def main(grid: Grid, context: Context) -> None:
         recorder.fail(error)
         raise
     recorder.complete(result.arrays)
-    log(INFO, "[mefl] run completed: %s", run_dir / "results.json")
 
 
 def central_evaluation(
@@ -86,12 +90,9 @@ def central_evaluation(
     return evaluate
 
 
-def run_header(settings: RunSettings, run_id: int, strategy: str, model: nn.Module, data: TaskData) -> dict:
-    """What results.json says about the run before its first round."""
+def describe_run(settings: RunSettings, model: nn.Module, data: TaskData) -> dict:
+    """What results.json says about the model and the data."""
     return {
-        "run_id": run_id,
-        "run_config": settings.as_run_config(),
-        "strategy": strategy,
         "model": {
             "class": type(model).__name__,
             "parameters": sum(p.numel() for p in model.parameters()),

@@ -48,6 +48,7 @@ class RunSettings:
     min_train_nodes: int = 2
     min_available_nodes: int = 2
     min_train_replies: int = 1
+    min_train_fraction: float = 0.5
     round_timeout: float = 3600.0
     reply_poll_seconds: float = 0.2
     target_accuracy: float = 0.0
@@ -296,6 +297,7 @@ _RULES = {
     "max_grad_norm": _at_least(0),
     "min_train_nodes": _at_least(1),
     "min_train_replies": _at_least(1),
+    "min_train_fraction": _between(0, 1, closed="both"),
     "round_timeout": _between(0, float("inf")),
     "reply_poll_seconds": _between(0, float("inf")),
     "proximal_mu": _at_least(0),

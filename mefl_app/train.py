@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .data.tensors import TensorData
+from .health import NonFiniteError
 from .model.loss import multi_exit_loss
 from .settings import RunSettings
 
@@ -25,7 +26,8 @@ def train_local(
     ``proximal_mu > 0`` adds FedProx's ``mu/2 * ||w - w_global||^2`` (Li et al., 2020).
     Batches are index slices of in-memory tensors, reshuffled each epoch with ``generator``.
     ``grad_norms``, if given, receives every step's gradient norm before clipping (diagnostics;
-    needs ``max-grad-norm > 0``).
+    needs ``max-grad-norm > 0``). A non-finite loss or parameter raises ``NonFiniteError`` naming
+    the local epoch and step, so that a diverged model is never uploaded.
     """
     model.train()
     exit_weights = settings.loss_weights(model.num_exits)  # a level-k client: exits 1..k
@@ -35,9 +37,9 @@ def train_local(
     anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     x, y = data.x.to(device), data.y.to(device)
     loss_sum, steps = torch.zeros((), device=device), 0
-    for _ in range(settings.local_epochs):
+    for epoch in range(1, settings.local_epochs + 1):
         order = torch.randperm(len(y), generator=generator).to(device)
-        for batch in order.split(settings.batch_size):
+        for step, batch in enumerate(order.split(settings.batch_size), start=1):
             if len(batch) < 2:  # BatchNorm cannot normalise a single sample
                 continue
             loss = multi_exit_loss(
@@ -50,6 +52,8 @@ def train_local(
             )
             if anchor is not None:
                 loss = loss + proximal_mu / 2 * sum((p - a).pow(2).sum() for p, a in zip(model.parameters(), anchor))
+            if not torch.isfinite(loss):
+                raise NonFiniteError(f"non-finite training loss ({float(loss)}) in local epoch {epoch}, step {step}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if settings.max_grad_norm > 0:
@@ -59,4 +63,7 @@ def train_local(
             optimizer.step()
             loss_sum += loss.detach()
             steps += 1
+    diverged = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if diverged:
+        raise NonFiniteError(f"non-finite parameters after local training: {', '.join(diverged[:3])}")
     return float(loss_sum) / max(steps, 1)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import json
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from ..files import write_atomically
 from ..seeds import local_split_seed
 from ..settings import RunSettings, SettingsError
 from .partition import shard_indices, split_train_test
-from .tensors import TaskData, TensorData
+from .tensors import DataError, TaskData, TensorData, check_tensor_data
 
 SHARD_FORMAT = "mefl-shard/1"
 
@@ -98,7 +100,8 @@ def save_shard(shard: ClientShard, path: Path) -> None:
 
 @functools.lru_cache(maxsize=2)
 def load_shard(path: str | Path) -> ClientShard:
-    """Read a shard file written by :func:`save_shard` (no pickles are loaded)."""
+    """Read a shard file written by :func:`save_shard` (no pickles are loaded), and check that
+    it holds what its metadata says: shapes, finite inputs, labels in range."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise SettingsError(f"shard-file {path} does not exist")
@@ -106,13 +109,23 @@ def load_shard(path: str | Path) -> ClientShard:
         with np.load(path, allow_pickle=False) as npz:
             meta = json.loads(str(npz["meta"]))
             arrays = {k: torch.from_numpy(npz[k].copy()) for k in ("x_train", "y_train", "x_test", "y_test")}
-    except (OSError, ValueError, KeyError) as error:
-        raise SettingsError(f"shard-file {path} is not a mefl shard file ({error})") from error
+    except KeyError as error:
+        raise DataError(f"shard-file {path} is not a mefl shard file (no {error} inside)") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise DataError(f"shard-file {path} is corrupt or truncated ({' '.join(str(error).split())})") from None
     if meta.get("format") != SHARD_FORMAT:
-        raise SettingsError(f"shard-file {path} has format {meta.get('format')!r}, expected {SHARD_FORMAT!r}")
-    return ClientShard(
+        raise DataError(f"shard-file {path} has format {meta.get('format')!r}, expected {SHARD_FORMAT!r}")
+    shard = ClientShard(
         TensorData(arrays["x_train"], arrays["y_train"]), TensorData(arrays["x_test"], arrays["y_test"]), meta
     )
+    for part, data in (("train", shard.train), ("test", shard.test)):
+        if tuple(data.x.shape[1:]) != tuple(meta["input_shape"]):
+            raise DataError(
+                f"shard-file {path}: {part} inputs have shape {tuple(data.x.shape[1:])}, "
+                f"its metadata says {tuple(meta['input_shape'])}"
+            )
+        check_tensor_data(data, f"shard-file {path} ({part} part)", len(meta["class_names"]))
+    return shard
 
 
 def check_shard_matches(shard: ClientShard, settings: RunSettings, num_classes: int, input_shape) -> None:

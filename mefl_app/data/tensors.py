@@ -13,9 +13,30 @@ import torch
 from torch import Tensor
 
 
-class DataUnavailableError(RuntimeError):
-    """The data set is neither on disk nor downloadable, or its files are not what they should
-    be; the message names the file and says how to get it."""
+class DataError(RuntimeError):
+    """A data file is missing, unreadable, corrupt or holds values it must not (non-finite
+    inputs, labels out of range); the message names the file and what was expected."""
+
+
+def check_tensor_data(data: TensorData, source: str, num_classes: int) -> None:
+    """Finite float inputs, integer labels in 0..num_classes-1, one label per input; else a
+    ``DataError`` naming ``source`` and the first bad sample."""
+    if len(data.x) != len(data.y):
+        raise DataError(f"{source}: {len(data.x)} inputs but {len(data.y)} labels")
+    if not data.x.is_floating_point() or data.y.dtype != torch.int64:
+        raise DataError(f"{source}: expected float inputs and int64 labels, got {data.x.dtype} and {data.y.dtype}")
+    finite = torch.isfinite(data.x.reshape(len(data.x), -1)).all(dim=1)
+    if not finite.all():
+        first = int(torch.nonzero(~finite)[0])
+        raise DataError(
+            f"{source}: {int((~finite).sum())} sample(s) hold NaN or Inf values, the first is sample {first}"
+        )
+    outside = (data.y < 0) | (data.y >= num_classes)
+    if outside.any():
+        first = int(torch.nonzero(outside)[0])
+        raise DataError(
+            f"{source}: labels must lie in 0..{num_classes - 1}, sample {first} has label {int(data.y[first])}"
+        )
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import numpy as np
 import scipy.io
 import torch
 
-from .tensors import DataUnavailableError, TaskData, TensorData
+from .tensors import DataError, TaskData, TensorData
 
 UNIMIB_SHAR_URL = "http://www.sal.disco.unimib.it/technologies/unimib-shar/"
 HAR_WINDOW, HAR_AXES = 151, 3
@@ -41,23 +41,35 @@ def load_unimib_shar(data_dir: str | Path, subset: str = "acc") -> HarWindows:
     data_file, labels_file, names_file = (root / f"{subset}_{part}.mat" for part in ("data", "labels", "names"))
 
     if data.ndim != 2 or data.shape[1] != HAR_WINDOW * HAR_AXES:
-        raise DataUnavailableError(
+        raise DataError(
             f"{data_file}: expected N x {HAR_WINDOW * HAR_AXES} windows (151 x, y, z samples), got shape {data.shape}"
         )
     if labels.ndim != 2 or labels.shape[0] != data.shape[0] or labels.shape[1] < 2:
-        raise DataUnavailableError(
+        raise DataError(
             f"{labels_file}: expected {data.shape[0]} x 3 (activity, subject, trial) to match {data_file.name}, "
             f"got shape {labels.shape}"
         )
+    if not np.issubdtype(data.dtype, np.number):
+        raise DataError(f"{data_file}: expected numeric windows, got {data.dtype}")
+    finite = np.isfinite(data).all(axis=1)
+    if not finite.all():
+        first = int(np.flatnonzero(~finite)[0])
+        raise DataError(
+            f"{data_file}: {int((~np.isfinite(data)).sum())} non-finite value(s) (NaN or Inf) in "
+            f"{int((~finite).sum())} window(s), the first in row {first + 1}"
+        )
+    if not np.isfinite(labels[:, :2]).all():
+        first = int(np.flatnonzero(~np.isfinite(labels[:, :2]).all(axis=1))[0])
+        raise DataError(f"{labels_file}: non-finite activity or subject in row {first + 1}")
     class_names = tuple(_cell_text(cell) for cell in np.atleast_2d(names)[0])
     if not class_names:
-        raise DataUnavailableError(f"{names_file}: expected a cell of class names, found none")
+        raise DataError(f"{names_file}: expected a cell of class names, found none")
     activity = labels[:, 0]
     if not np.all(np.isin(activity, np.arange(1, len(class_names) + 1))):
         bad = [
             f"{v:g}" for v in sorted(set(activity[~np.isin(activity, np.arange(1, len(class_names) + 1))].tolist()))[:5]
         ]
-        raise DataUnavailableError(
+        raise DataError(
             f"{labels_file}: activity labels must be integers 1..{len(class_names)} ({names_file.name} names "
             f"{len(class_names)} classes), found {', '.join(bad)}"
         )
@@ -70,17 +82,17 @@ def load_unimib_shar(data_dir: str | Path, subset: str = "acc") -> HarWindows:
 def _mat_variable(root: Path, subset: str, part: str) -> np.ndarray:
     path, variable = root / f"{subset}_{part}.mat", f"{subset}_{part}"
     if not path.is_file():
-        raise DataUnavailableError(
+        raise DataError(
             f"{path} not found: data-dir must hold UniMiB-SHAR's {subset}_data.mat, {subset}_labels.mat and "
             f"{subset}_names.mat (download from {UNIMIB_SHAR_URL}, folder 'data')"
         )
     try:
         contents = scipy.io.loadmat(path)
     except Exception as error:  # scipy raises ValueError/TypeError/MatReadError for bad files
-        raise DataUnavailableError(f"{path}: not a readable MATLAB file ({error})") from error
+        raise DataError(f"{path}: not a readable MATLAB file ({error})") from error
     if variable not in contents:
         found = sorted(k for k in contents if not k.startswith("__"))
-        raise DataUnavailableError(f"{path}: expected variable {variable!r}, found {found}")
+        raise DataError(f"{path}: expected variable {variable!r}, found {found}")
     return contents[variable]
 
 

@@ -1,7 +1,9 @@
 """A run's output folder: ``results.json`` rewritten after every round, checkpoints, final model.
 
 The file is replaced atomically, so a run killed at any moment leaves a readable file whose
-``status`` ("running", "completed", "failed") tells whether it finished, and whose
+``status`` tells how it ended: "completed" (its numbers are real), "failed" (with the reason),
+"interrupted" (stopped by a signal: Ctrl-C, SIGTERM, ``flwr stop``; resumable) or still "running"
+(the process was killed outright, e.g. SIGKILL; resumable too), and whose
 ``checkpoint`` names the global model of the last finished round (``resume-from`` continues
 from it, see resume.py); only a completed run has ``model.pt``.
 """
@@ -9,6 +11,7 @@ from it, see resume.py); only a completed run has ``model.pt``.
 from __future__ import annotations
 
 import json
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -22,6 +25,7 @@ from flwr.app import ArrayRecord
 from flwr.common.logger import log
 
 from ..files import write_atomically
+from ..health import strict_json
 from ..metrics import ExitScores, pool, summarize_exits
 
 ACCURACY_KINDS = ("personalized", "global_local", "central")
@@ -75,15 +79,9 @@ def make_run_dir(output_dir: Path, label: str) -> Path:
 class RunRecorder:
     """Collects per-round metrics, bytes and timings, and keeps ``results.json`` current."""
 
-    def __init__(
-        self,
-        run_dir: Path,
-        header: dict[str, Any],
-        exit_names: list[str],
-        target: float,
-        resumed: ResumePoint | None = None,
-    ) -> None:
+    def __init__(self, run_dir: Path, header: dict[str, Any], exit_names: list[str], target: float) -> None:
         self.run_dir = run_dir
+        self._lock = threading.RLock()  # a signal's exit handler may write from another thread
         self.exit_names = exit_names
         self.target = target
         self._started = time.monotonic()
@@ -101,11 +99,14 @@ class RunRecorder:
             "rounds_to_target": {},
             "bytes_to_target": {},
         }
-        if resumed is not None:
-            self._continue(resumed)
         self.write()
 
-    def _continue(self, point: ResumePoint) -> None:
+    def describe(self, details: dict[str, Any]) -> None:
+        """Add what is known once the data and the model are loaded (model, data, thresholds)."""
+        self.results.update(details)
+        self.write()
+
+    def continue_from(self, point: ResumePoint) -> None:
         """Take over the stopped run's finished rounds and its checkpoint (copied here, so this
         folder alone can be resumed again)."""
         before = point.results
@@ -124,6 +125,7 @@ class RunRecorder:
             {"from": str(point.run_dir), "after_round": point.server_round},
         ]
         self._save_checkpoint(point.server_round, ArrayRecord(point.state_dict))
+        self.write()
 
     # -- per-round collection ------------------------------------------------------------
     def _round(self, server_round: int) -> dict[str, Any]:
@@ -189,6 +191,15 @@ class RunRecorder:
 
     def record_value(self, server_round: int, key: str, value: Any) -> None:
         self._round(server_round)[key] = value
+
+    def record_federation(self, census: dict[int, dict[str, int]]) -> None:
+        """What the nodes said in the census before round 1, by partition id: exit level (and
+        whether the node's own config set it), shard sizes."""
+        by_partition = sorted((answer["partition-id"], answer) for answer in census.values())
+        self.results["federation"] = {
+            str(pid): {k: v for k, v in answer.items() if k != "partition-id"} for pid, answer in by_partition
+        }
+        self.write()
 
     def record_partition(self, partition_id: int, info: dict[str, Any]) -> None:
         self.results["partitions"].setdefault(str(partition_id), info)
@@ -267,15 +278,37 @@ class RunRecorder:
             (self.run_dir / checkpoint["file"]).unlink(missing_ok=True)
 
     def fail(self, error: BaseException) -> None:
-        self.results["error"] = "".join(traceback.format_exception_only(type(error), error)).strip()
-        self._close("failed")
+        """Close the run as failed with ``error``, or as interrupted when a signal stopped it."""
+        reason = "".join(traceback.format_exception_only(type(error), error)).strip()
+        if isinstance(error, (KeyboardInterrupt, SystemExit)):
+            self.interrupt(f"stopped by {type(error).__name__}")
+        elif self.results["status"] == "running":
+            self.results["error"] = reason
+            self._close("failed")
+
+    def interrupt(self, reason: str) -> None:
+        """Close a still running run as interrupted (resumable from its last checkpoint)."""
+        with self._lock:
+            if self.results["status"] == "running":
+                self.results["error"] = reason
+                self._close("interrupted")
 
     def _close(self, status: str) -> None:
-        self.results["status"] = status
-        self.results["finished_at"] = _now()
-        self.results["wall_seconds"] = self._earlier_seconds + time.monotonic() - self._started
-        self.write()
+        with self._lock:
+            self.results["status"] = status
+            self.results["finished_at"] = _now()
+            self.results["wall_seconds"] = self._earlier_seconds + time.monotonic() - self._started
+            self.write()
+        detail = f": {self.results['error']}" if status != "completed" else ""
+        log(
+            INFO if status == "completed" else WARNING,
+            "[mefl] run %s (%s)%s",
+            status,
+            self.run_dir / RESULTS_FILE,
+            detail,
+        )
 
     def write(self) -> None:
-        text = json.dumps(self.results, indent=1)
-        write_atomically(self.run_dir / RESULTS_FILE, lambda tmp: tmp.write_text(text))
+        with self._lock:
+            text = json.dumps(strict_json(self.results), indent=1, allow_nan=False)
+            write_atomically(self.run_dir / RESULTS_FILE, lambda tmp: tmp.write_text(text))

@@ -16,6 +16,7 @@ last step, the central evaluation of ``start``'s ``evaluate_fn``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -24,6 +25,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from .. import metrics
+from ..health import NonFiniteError, non_finite_arrays
 from .run_folder import RunRecorder
 
 
@@ -44,8 +46,18 @@ def in_partition_order(replies: list[Message]) -> list[Message]:
 
 
 class TooFewReplies(RuntimeError):
-    """Fewer clients than ``min-train-replies`` answered a round: the run stops instead of
-    going on with (or repeating) a model that too few clients shaped."""
+    """Fewer clients than ``min-train-replies`` (or ``min-train-fraction`` of those sampled)
+    answered a round: the run stops instead of going on with (or repeating) a model that too few
+    clients shaped."""
+
+
+class DeadWorker(RuntimeError):
+    """A simulation worker (Ray actor) died. Flower 1.42's Ray backend puts a dead actor back into
+    its pool and keeps sending it messages (``flwr.simulation.ray_transport.ray_actor``), and the
+    actors' Ray options cannot be set from a run (no ``max_restarts``): the run stops."""
+
+
+DEAD_WORKER_ERRORS = ("ActorDiedError", "RayActorError", "ActorUnavailableError")
 
 
 class TrackingStrategy(Strategy):
@@ -55,11 +67,13 @@ class TrackingStrategy(Strategy):
         recorder: RunRecorder,
         min_train_replies: int = 1,
         round_offset: int = 0,
+        min_train_fraction: float = 0.0,
     ) -> None:
         self.inner = inner
         self.round_offset = round_offset
         self.recorder = recorder
         self.min_train_replies = min_train_replies
+        self.min_train_fraction = min_train_fraction
         self._sent = 0  # messages sent in the current phase
 
     def __getattr__(self, name: str) -> Any:  # the inner strategy's settings stay reachable
@@ -89,7 +103,10 @@ class TrackingStrategy(Strategy):
             server_round += self.round_offset
             scores = evaluate_fn(server_round, arrays) if evaluate_fn is not None else None
             if scores is not None:
-                self.recorder.record_central(server_round, metrics.scores_from_record(scores))
+                central = metrics.scores_from_record(scores)
+                if not all(math.isfinite(loss) for loss in central.loss if loss is not None):
+                    raise NonFiniteError(f"round {server_round}: the global model's central loss is {central.loss}")
+                self.recorder.record_central(server_round, central)
             if server_round > 0:
                 self.recorder.finish_round(server_round, last_round, arrays)
             return scores
@@ -118,13 +135,14 @@ class TrackingStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server_round += self.round_offset
-        replies = in_partition_order(list(replies))  # float sums in one order: a seed repeats to the bit
-        ok = self._observe(server_round, "train", replies, "personalized")
-        if len(ok) < self.min_train_replies:
-            errors = [m.error.reason for m in replies if m.has_error()]
+        replies, rejected = self._screen(server_round, "train", replies)
+        ok = self._observe(server_round, "train", replies, "personalized", rejected)
+        needed = max(self.min_train_replies, math.ceil(self.min_train_fraction * self._sent))
+        if len(ok) < needed:
+            errors = [m.error.reason for m in replies if m.has_error()] + list(rejected.values())
             raise TooFewReplies(
-                f"round {server_round}: {len(ok)} of {self._sent} training replies succeeded, "
-                f"min-train-replies is {self.min_train_replies}"
+                f"round {server_round}: {len(ok)} of {self._sent} training replies succeeded, at least {needed} needed "
+                f"(min-train-replies {self.min_train_replies}, min-train-fraction {self.min_train_fraction})"
                 + (
                     f"; first error: {errors[0]}"
                     if errors
@@ -150,6 +168,10 @@ class TrackingStrategy(Strategy):
             server_round, "client_exit_levels", {k: int(v) for k, v in by_client(metrics.EXIT_LEVEL).items()}
         )
         arrays, aggregate = self.inner.aggregate_train(server_round, replies)
+        if arrays is not None and (bad := non_finite_arrays(arrays)):
+            raise NonFiniteError(
+                f"round {server_round}: the aggregated model has non-finite arrays ({', '.join(bad[:3])})"
+            )
         # Which replies the strategy aggregated, as its train_metrics_aggr_fn reports it (None: unknown).
         aggregated = aggregate.get(metrics.AGGREGATED_PARTITIONS) if aggregate is not None else None
         self.recorder.record_value(
@@ -168,11 +190,35 @@ class TrackingStrategy(Strategy):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         server_round += self.round_offset
-        replies = in_partition_order(list(replies))  # float sums in one order: a seed repeats to the bit
-        self._observe(server_round, "evaluate", replies, "global_local")
+        replies, rejected = self._screen(server_round, "evaluate", replies)
+        self._observe(server_round, "evaluate", replies, "global_local", rejected)
         return self.inner.aggregate_evaluate(server_round, replies)
 
-    def _observe(self, server_round: int, phase: str, replies: list[Message], kind: str) -> list[Message]:
+    def _screen(
+        self, server_round: int, phase: str, replies: Iterable[Message]
+    ) -> tuple[list[Message], dict[int, str]]:
+        """The replies in partition order (float sums in one order: a seed repeats to the bit),
+        without uploads holding non-finite arrays, which are returned as node id -> reason; stops
+        the run when a simulation worker died."""
+        replies = in_partition_order(list(replies))
+        for message in replies:
+            if message.has_error() and any(name in message.error.reason for name in DEAD_WORKER_ERRORS):
+                raise DeadWorker(
+                    f"round {server_round} {phase}: the simulation worker serving node {message.metadata.src_node_id} "
+                    f"died ({' '.join(message.error.reason.split())[:300]}); Flower's Ray backend cannot restart it "
+                    "and would keep sending to it"
+                )
+        rejected = {}
+        for message in replies:
+            if not message.has_error():
+                bad = [name for record in message.content.array_records.values() for name in non_finite_arrays(record)]
+                if bad:
+                    rejected[message.metadata.src_node_id] = f"non-finite arrays in the upload ({', '.join(bad[:3])})"
+        return [m for m in replies if m.has_error() or m.metadata.src_node_id not in rejected], rejected
+
+    def _observe(
+        self, server_round: int, phase: str, replies: list[Message], kind: str, rejected: dict[int, str]
+    ) -> list[Message]:
         ok = [m for m in replies if not m.has_error()]
         per_client = {}
         for message in ok:
@@ -183,7 +229,7 @@ class TrackingStrategy(Strategy):
             phase,
             self._sent,
             ok={m.metadata.src_node_id: int(metrics.metric_record_of(m.content)[metrics.PARTITION_ID]) for m in ok},
-            failed={m.metadata.src_node_id: m.error.reason for m in replies if m.has_error()},
+            failed={**{m.metadata.src_node_id: m.error.reason for m in replies if m.has_error()}, **rejected},
         )
         self.recorder.record_scores(server_round, kind, per_client)
         return ok

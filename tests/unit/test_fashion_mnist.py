@@ -5,7 +5,7 @@ from torchvision.datasets import FashionMNIST
 
 from mefl_app.data import fashion_mnist
 from mefl_app.data.fashion_mnist import load_fashion_mnist
-from mefl_app.data.tensors import DataUnavailableError
+from mefl_app.data.tensors import DataError
 
 
 @pytest.fixture(autouse=True)
@@ -38,7 +38,7 @@ def test_debian_package_files_are_used_without_download(tmp_path, monkeypatch):
 def test_no_files_and_no_download_fails_with_both_remedies(tmp_path, monkeypatch):
     monkeypatch.setattr(fashion_mnist, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "nowhere")
     monkeypatch.setattr(FashionMNIST, "mirrors", ["http://127.0.0.1:9/"])
-    with pytest.raises(DataUnavailableError) as error:
+    with pytest.raises(DataError) as error:
         load_fashion_mnist(tmp_path / "data")
     message = str(error.value)
     assert "apt-get install -y dataset-fashion-mnist" in message and "internet" in message

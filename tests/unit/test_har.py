@@ -4,7 +4,7 @@ import torch
 from helpers import layers_run, write_unimib_shar
 
 from mefl_app.data.shards import make_client_shard
-from mefl_app.data.tensors import DataUnavailableError
+from mefl_app.data.tensors import DataError
 from mefl_app.data.unimib_shar import load_har, load_unimib_shar
 from mefl_app.model.lstm import MultiExitLSTM
 from mefl_app.settings import RunSettings, SettingsError
@@ -67,7 +67,7 @@ def test_loader_reads_the_real_layout(tmp_path):
 def test_subsets_adl_and_fall_use_their_own_files(tmp_path):
     write_unimib_shar(tmp_path, subset="adl", n=30, num_classes=9)
     assert len(load_unimib_shar(tmp_path, "adl").class_names) == 9
-    with pytest.raises(DataUnavailableError, match="fall_data.mat not found"):
+    with pytest.raises(DataError, match="fall_data.mat not found"):
         load_unimib_shar(tmp_path, "fall")
 
 
@@ -89,13 +89,13 @@ def test_subsets_adl_and_fall_use_their_own_files(tmp_path):
 )
 def test_bad_files_fail_with_one_message_naming_the_file(tmp_path, override, message):
     write_unimib_shar(tmp_path, n=10, num_classes=4, **override)
-    with pytest.raises(DataUnavailableError, match=message) as error:
+    with pytest.raises(DataError, match=message) as error:
         load_unimib_shar(tmp_path)
     assert "\n" not in str(error.value)
 
 
 def test_missing_files_say_where_to_get_the_data(tmp_path):
-    with pytest.raises(DataUnavailableError, match="acc_data.mat not found.*unimib-shar"):
+    with pytest.raises(DataError, match="acc_data.mat not found.*unimib-shar"):
         load_unimib_shar(tmp_path)
 
 

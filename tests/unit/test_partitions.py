@@ -4,6 +4,7 @@ import torch
 
 from mefl_app.data.partition import dirichlet_partition, group_partition, split_train_test
 from mefl_app.data.shards import check_shard_matches, load_shard, make_client_shard, write_shards
+from mefl_app.data.tensors import DataError
 from mefl_app.settings import RunSettings, SettingsError
 
 LABELS = np.repeat(np.arange(10), 600)  # 6,000 samples, balanced like Fashion-MNIST
@@ -118,7 +119,7 @@ def test_shard_file_round_trip_and_wrong_data_set_is_refused(tmp_path, task_data
 def test_not_a_shard_file_is_refused(tmp_path):
     bad = tmp_path / "x.npz"
     bad.write_bytes(b"not a zip")
-    with pytest.raises(SettingsError, match="not a mefl shard file"):
+    with pytest.raises(DataError, match="x.npz is corrupt or truncated"):
         load_shard(bad)
     with pytest.raises(SettingsError, match="does not exist"):
         load_shard(tmp_path / "missing.npz")

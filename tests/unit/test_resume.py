@@ -68,7 +68,8 @@ def test_continuation_takes_over_finished_rounds_only(tmp_path):
     before = stopped_run(tmp_path / "old", rounds=2, num_rounds=5)
     point = load_resume_point(tmp_path / "old", RunSettings(num_server_rounds=5))
     (tmp_path / "new").mkdir()
-    recorder = RunRecorder(tmp_path / "new", {}, EXITS, target=0.5, resumed=point)
+    recorder = RunRecorder(tmp_path / "new", {}, EXITS, target=0.5)
+    recorder.continue_from(point)
     after = recorder.results
     assert [r["round"] for r in after["rounds"]] == [1, 2]  # the unfinished round 3 is dropped
     assert after["rounds"] == before["rounds"][:2]

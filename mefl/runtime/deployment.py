@@ -45,11 +45,13 @@ from .processes import (
     BIN,
     ManagedProcess,
     deferred_interrupts,
+    descendants_named,
     flwr_bin,
     free_port,
     interrupt_on_termination,
     port_is_bound,
     run_config_arg,
+    stop_pids,
     stop_processes,
 )
 
@@ -411,14 +413,16 @@ class LocalDeployment:
         return proc.log_path.read_text(errors="replace")[-chars:]
 
     def close(self) -> None:
-        """Stop SuperNodes first (they sign off while the SuperLink still listens), then the
-        SuperLink and anything left; every process group, SIGTERM then SIGKILL."""
+        """Stop the run first (its ServerApp records it as interrupted), then the SuperNodes (they
+        sign off while the SuperLink still listens), then the SuperLink and anything left; every
+        process group, SIGTERM then SIGKILL."""
         with self._lock:
             processes = list(self.processes)
         previous = None
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan anything
         try:
+            stop_pids(descendants_named([p.pid for p in processes if p.running()], "flwr-serverapp"), grace=30)
             nodes = [p for p in processes if p.name.startswith("supernode-")]
             stop_processes(nodes)
             stop_processes([p for p in processes if p not in nodes])

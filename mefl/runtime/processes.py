@@ -2,7 +2,9 @@
 
 Every process is started in its own session; stopping signals its process group AND every
 descendant that left it (Flower's SuperLink starts its SuperExec in a new session), waits, then
-SIGKILLs what is left -- only processes we started, never a reused pid.
+SIGKILLs what is left -- only processes we started, never a reused pid. Each started process is
+also given to a watchdog process that outlives this one: if this process is killed outright
+(SIGKILL), the watchdog stops what it had started.
 """
 
 from __future__ import annotations
@@ -99,6 +101,19 @@ def descendants(pids: list[int]) -> dict[int, str]:
     return found
 
 
+def descendants_named(pids: list[int], name: str) -> dict[int, str]:
+    """The descendants of ``pids`` whose command line contains ``name`` (e.g. ``flwr-serverapp``)."""
+    found = {}
+    for pid, started in descendants(pids).items():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                if name.encode() in handle.read():
+                    found[pid] = started
+        except OSError:
+            pass
+    return found
+
+
 def process_alive(pid: int, started: str | None = None) -> bool:
     """Still running and still the same process (not a reused pid), zombies count as gone."""
     try:
@@ -121,12 +136,16 @@ def process_alive(pid: int, started: str | None = None) -> bool:
 
 @dataclass
 class ManagedProcess:
-    """One process this deployment started, in its own session (process group)."""
+    """One process this deployment started, in its own session (process group); the watchdog
+    guards it from the start."""
 
     name: str
     popen: subprocess.Popen
     log_path: Path
     log: IO[Any] | None = None
+
+    def __post_init__(self) -> None:
+        Watchdog.guard(self.popen.pid)
 
     @property
     def pid(self) -> int:
@@ -195,6 +214,71 @@ def stop_processes(processes: list[ManagedProcess], grace: float = 10.0, first: 
             proc.popen.wait(timeout=5)
         if proc.log is not None and not proc.log.closed:
             proc.log.close()
+
+
+def start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (tells a reused pid apart), None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            stat = handle.read()
+    except OSError:
+        return None
+    return stat[stat.rfind(")") + 2 :].split()[19]
+
+
+def stop_pids(pids: dict[int, str | None], grace: float = 10.0) -> None:
+    """Stop processes known only by pid and start time, with their process groups and every
+    descendant: SIGTERM, ``grace`` seconds, SIGKILL (for the watchdog, which holds no Popen)."""
+    targets = {pid: started for pid, started in pids.items() if process_alive(pid, started)}
+    targets.update(descendants(list(targets)))
+
+    def signal_all(sig: int) -> None:
+        for pid, started in targets.items():
+            if process_alive(pid, started):
+                try:
+                    if os.getpgid(pid) == pid:  # a group leader: its whole group
+                        os.killpg(pid, sig)
+                    os.kill(pid, sig)
+                except (ProcessLookupError, PermissionError):
+                    pass
+
+    signal_all(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(process_alive(pid, s) for pid, s in targets.items()):
+        time.sleep(0.2)
+    signal_all(signal.SIGKILL)
+
+
+class Watchdog:
+    """A process (``python -m mefl.runtime.watchdog``) that reads ``pid start-time`` lines from this
+    one through a pipe; when the pipe closes -- this process exited or was killed, even by
+    SIGKILL -- it stops every guarded process still alive, with its descendants. Started on the
+    first ``guard``, in its own session so that a Ctrl-C meant for this process leaves it alone."""
+
+    _pipe: IO[str] | None = None
+    _lock = threading.Lock()
+
+    @classmethod
+    def guard(cls, pid: int) -> None:
+        started = start_time(pid)
+        if started is None:  # no /proc here, or already gone
+            return
+        with cls._lock:
+            if cls._pipe is None:
+                watchdog = subprocess.Popen(
+                    [sys.executable, "-m", "mefl.runtime.watchdog"],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    text=True,
+                    start_new_session=True,
+                )
+                cls._pipe = watchdog.stdin
+            try:
+                cls._pipe.write(f"{pid} {started}\n")
+                cls._pipe.flush()
+            except OSError:  # the watchdog is gone: nothing more can be done
+                pass
 
 
 _TERMINATIONS = (signal.SIGTERM, signal.SIGHUP)

@@ -24,6 +24,7 @@ from ..settings import RunSettings
 
 NUM_PARTITIONS = "num-partitions"
 LEVEL_FROM_NODE = "level-from-node"  # 1: the node's own ``exit-level`` node config set the level
+NUM_TRAIN = "num-train"
 NUM_TEST = "num-test"
 
 
@@ -53,7 +54,7 @@ def census_record(
             NUM_PARTITIONS: num_partitions,
             metrics.EXIT_LEVEL: level,
             LEVEL_FROM_NODE: int(level_from_node),
-            metrics.NUM_EXAMPLES: num_train,
+            NUM_TRAIN: num_train,
             NUM_TEST: num_test,
         }
     )

@@ -232,4 +232,10 @@ class TrackingStrategy(Strategy):
             failed={**{m.metadata.src_node_id: m.error.reason for m in replies if m.has_error()}, **rejected},
         )
         self.recorder.record_scores(server_round, kind, per_client)
+        if kind == "global_local" and per_client:
+            pooled = metrics.pool(per_client.values())
+            if not all(math.isfinite(loss) for loss in pooled.loss if loss is not None):
+                raise NonFiniteError(
+                    f"round {server_round}: the global model's loss on the clients' data is {pooled.loss}"
+                )
         return ok

@@ -286,9 +286,19 @@ def test_run_completes_when_a_supernode_is_killed_mid_round_and_it_rejoins(deplo
     deployment.wait_for_nodes(3, timeout=60)
 
 
-def test_ctrl_c_stops_every_process_of_an_insecure_local_deployment(tmp_path, fmnist_dir):
-    """``--insecure`` says so loudly; Ctrl-C while the SuperNodes are up stops them all (also
-    with ``--timestamps``, where the launcher pipes every log)."""
+def _finished_rounds(output_dir: Path) -> list:
+    files = list(output_dir.glob("*/results.json"))
+    return [r for r in json.loads(files[0].read_text())["rounds"] if "seconds" in r] if files else []
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill"])
+def test_stopping_the_launcher_mid_run_stops_every_process_and_records_the_run_as_interrupted(
+    tmp_path, fmnist_dir, stop
+):
+    """``--insecure`` says so loudly. Ctrl-C in round 2 stops the run first (its results.json says
+    ``interrupted``, not a failure of the federation), then the SuperNodes, then the SuperLink
+    (also with ``--timestamps``, where the launcher pipes every log). SIGKILL of the launcher
+    itself cannot be caught: its watchdog stops what it had started."""
     workdir = tmp_path / "deploy"
     proc = subprocess.Popen(
         [
@@ -317,7 +327,8 @@ def test_ctrl_c_stops_every_process_of_an_insecure_local_deployment(tmp_path, fm
     try:
         wait_for(lambda: "starting the run" in "".join(lines), 90, "the SuperNodes to come online")
         assert processes_of(workdir / "flwr-home")
-        os.kill(proc.pid, signal.SIGINT)
+        wait_for(lambda: _finished_rounds(tmp_path / "outputs"), 180, "round 1 to finish")
+        os.kill(proc.pid, stop)
         try:
             returncode = proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
@@ -326,15 +337,18 @@ def test_ctrl_c_stops_every_process_of_an_insecure_local_deployment(tmp_path, fm
             raise AssertionError(
                 "the launcher did not stop within 60 s of SIGINT:\n" + "".join(lines)[-6000:]
             ) from None
-        assert returncode == 130
+        assert returncode == (130 if stop == signal.SIGINT else -signal.SIGKILL)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
         reader.join(timeout=10)
         assert_all_stopped(workdir / "flwr-home", [])
+    results = json.loads(next((tmp_path / "outputs").glob("*/results.json")).read_text())
+    assert results["status"] == "interrupted" and "signal" in results["error"]
+    assert results["checkpoint"]["round"] >= 1  # resumable
     out = "".join(lines)
-    assert "INSECURE" in out and "interrupted" in out
+    assert "INSECURE" in out and (stop == signal.SIGKILL or "interrupted" in out)
     assert "insecure = true" in (workdir / "flwr-home" / "config.toml").read_text()
     first_line = (workdir / "logs" / "supernode-0.log").read_text().splitlines()[0]
     assert first_line[:4].isdigit() and "Starting Flower SuperNode" in first_line  # --timestamps

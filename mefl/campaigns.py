@@ -96,14 +96,18 @@ def run_configs(
     log=print,
     gpus_per_client: float = 0.0,
     command: str = "",
-) -> None:
+) -> list[str]:
     """Run every named configuration whose folder ``out/runs/<name>`` has no completed results
     with its rounds; continue a stopped (or shorter) attempt where there is one. Each client gets
-    ``cpus_per_client`` cores and ``gpus_per_client`` of a GPU from Ray (0.25: four share one)."""
+    ``cpus_per_client`` cores and ``gpus_per_client`` of a GPU from Ray (0.25: four share one).
+    Returns the names of the configurations that did not complete."""
+    for config in configs.values():  # every setting of every run is checked before any starts
+        checked = {k: str(v) if isinstance(v, Path) else v for k, v in config.items()}
+        RunSettings.from_app_dir(APP_DIR, {k: v for k, v in checked.items() if k not in ("output-dir", "resume-from")})
     todo = {name: config for name, config in configs.items() if not is_done(out / "runs" / name, config)}
     log(f"[mefl] {len(todo)} run(s) to do, {len(configs) - len(todo)} already completed")
     if not todo:
-        return
+        return []
     out.mkdir(parents=True, exist_ok=True)
     record_invocation(out, command)
     work = out / ".work"
@@ -112,6 +116,7 @@ def run_configs(
         RayCluster(work / "ray", num_cpus=os.cpu_count() or 1) as cluster,
         SimulationSuperLink(work / "flwr-home", ray_address=cluster.address) as link,
     ):
+        failed = []
         for name, config in todo.items():
             folder = out / "runs" / name
             folder.mkdir(parents=True, exist_ok=True)
@@ -133,8 +138,39 @@ def run_configs(
                     num_gpus=gpus_per_client,
                     stdout=stream,
                 )
-            status = "completed" if completed_results(folder) else "FAILED (see flwr-run.log and results.json)"
-            log(f"[mefl] {name}: {status} in {time.perf_counter() - started:.0f} s")
+            seconds = time.perf_counter() - started
+            if is_done(folder, config):
+                log(f"[mefl] {name}: completed in {seconds:.0f} s")
+            else:
+                failed.append(name)
+                log(f"[mefl] {name}: NOT completed after {seconds:.0f} s: {run_status(folder)[1]}")
+    return failed
+
+
+def newest_results(folder: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest attempt's results.json under ``folder`` (one run folder per attempt), or None."""
+    for path in sorted(folder.glob("*/results.json"), reverse=True):
+        return path, json.loads(path.read_text())
+    return None
+
+
+def run_status(folder: Path) -> tuple[str, str]:
+    """(status, one line) of a run folder (``results.json`` inside) or of the newest attempt in a
+    campaign's configuration folder."""
+    found = (
+        (folder / "results.json", json.loads((folder / "results.json").read_text()))
+        if (folder / "results.json").is_file()
+        else newest_results(folder)
+    )
+    if found is None:
+        return "missing", f"no results.json in {folder} (see flwr-run.log there, or the SuperLink's log)"
+    path, results = found
+    status = results.get("status", "unknown")
+    rounds = len([r for r in results.get("rounds", []) if "seconds" in r])
+    detail = f"{status} after {rounds} of {results.get('run_config', {}).get('num-server-rounds', '?')} rounds"
+    if results.get("error"):
+        detail += f": {results['error']}"
+    return status, f"{path.parent}: {detail}"
 
 
 def record_invocation(out: Path, command: str) -> None:

@@ -7,8 +7,10 @@
     mefl shards   write one shard file per client, for real devices
     mefl deploy   a real local deployment: SuperLink + SuperNodes as separate processes
     mefl certs    a test CA, a SuperLink certificate and SuperNode key pairs
+    mefl status   one line per run; exit code 0 only if every run completed
 
-A user's mistake (a bad setting, missing data) ends with one line on stderr and exit code 2.
+A user's mistake (a bad setting, missing data) ends with one line on stderr and exit code 2; a
+campaign some of whose runs did not complete exits with code 1.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from mefl_app.data.tensors import DataError
 from mefl_app.settings import SettingsError
 
 from . import compare, exits, report, shards, study
-from .campaigns import VARIANTS, add_client_resources, run_configs
+from .campaigns import VARIANTS, add_client_resources, run_configs, run_status
 from .runtime import certificates, deployment
 from .runtime.processes import interrupt_on_termination
 
@@ -53,7 +55,7 @@ def _study(args: argparse.Namespace) -> int:
             "mefl study: error: --se-from takes the single-exit runs from another folder: use --variants me"
         )
     interrupt_on_termination()  # `kill` stops the campaign's Ray cluster and SuperLink too
-    study.run_campaign(
+    failed = study.run_campaign(
         args.task,
         args.seeds,
         args.variants,
@@ -65,7 +67,30 @@ def _study(args: argparse.Namespace) -> int:
         command=args.command_line,
     )
     print(f"report: {report.write_report(args.out, args.se_from)}")
-    return 0
+    return _not_completed(failed)
+
+
+def _not_completed(failed: list[str]) -> int:
+    """Exit code 1 (and a line saying which) when some runs of a campaign did not complete."""
+    if failed:
+        print(f"mefl: {len(failed)} run(s) did not complete: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    """One line per run; exit code 0 only if every run completed."""
+    runs = []
+    for folder in args.folders:
+        if (folder / "runs").is_dir():  # a campaign folder: each configuration's newest attempt
+            runs += sorted(p for p in (folder / "runs").iterdir() if p.is_dir())
+        elif (folder / "results.json").is_file() or not any(folder.glob("*/results.json")):
+            runs.append(folder)
+        else:  # an output-dir: every run folder in it
+            runs += sorted(p.parent for p in folder.glob("*/results.json"))
+    statuses = [run_status(run) for run in runs]
+    for _, line in statuses:
+        print(line)
+    return 0 if all(status == "completed" for status, _ in statuses) else 1
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -79,10 +104,11 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _exits(args: argparse.Namespace) -> int:
+    failed = []
     if not args.report_only:
         interrupt_on_termination()  # `kill` stops the Ray cluster and SuperLink too
         configs = exits.configs_for(args.task, args.rounds, args.clients, args.run_config)
-        run_configs(
+        failed = run_configs(
             configs,
             args.out,
             args.clients,
@@ -91,7 +117,7 @@ def _exits(args: argparse.Namespace) -> int:
             command=args.command_line,
         )
     print(f"report: {exits.write_report(args.out)}")
-    return 0
+    return _not_completed(failed)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_campaign_options(ex)
     ex.add_argument("--report-only", action="store_true", help="only rewrite the report from existing results")
     ex.set_defaults(handler=_exits)
+
+    status = verbs.add_parser(
+        "status", help="one line per run; exit code 0 only if every run completed", description=_status.__doc__
+    )
+    status.add_argument("folders", type=Path, nargs="+", help="run folders, output-dirs or campaign folders")
+    status.set_defaults(handler=_status)
 
     for name, module, summary in (
         ("shards", shards, "write one shard file per client plus a manifest"),

@@ -30,13 +30,14 @@ def run_campaign(
     log=print,
     gpus_per_client: float = 0.0,
     command: str = "",
-) -> None:
+) -> list[str]:
     """ME and SE for every seed; a seed sets both ``seed`` and ``partition-seed``, so the two
-    variants of a seed see identical shards and initial backbones."""
+    variants of a seed see identical shards and initial backbones. Returns the runs that did not
+    complete."""
     overrides = parse_config_args([run_config]) if run_config else {}
     configs = {
         f"{v}-seed{s}": {**overrides, "task": task, "multi-exit": VARIANTS[v], "seed": s, "partition-seed": s}
         for s in seeds
         for v in variants
     }
-    run_configs(configs, out, clients, cpus_per_client, log, gpus_per_client, command)
+    return run_configs(configs, out, clients, cpus_per_client, log, gpus_per_client, command)

@@ -8,6 +8,7 @@ validates before round 1, so a bad value never costs a training round.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,15 +120,29 @@ class RunSettings:
         return settings
 
     @classmethod
-    def from_app_dir(cls, app_dir: str | Path = ".", overrides: str = "") -> RunSettings:
-        """Defaults from the app's pyproject.toml plus ``flwr run --run-config``-style overrides."""
+    def from_app_dir(cls, app_dir: str | Path = ".", overrides: str | Mapping[str, Any] = "") -> RunSettings:
+        """Defaults from the app's pyproject.toml plus overrides: ``flwr run --run-config`` syntax
+        (``"key=value ..."`` or one ``.toml`` file) or a mapping of run-config keys."""
         from flwr.common.config import get_fused_config_from_dir, parse_config_args
 
-        try:
-            run_config = get_fused_config_from_dir(Path(app_dir), parse_config_args([overrides]))
-        except ValueError as error:  # Flower's message for an unknown key
-            raise SettingsError(str(error)) from error
-        return cls.from_run_config(run_config)
+        if isinstance(overrides, str):
+            try:
+                overrides = parse_config_args([overrides]) if overrides else {}
+            except (OSError, ValueError) as error:  # a missing .toml file, a malformed one
+                raise SettingsError(f"run config {overrides!r}: {error}") from None
+        cls.check_keys(overrides)
+        return cls.from_run_config(get_fused_config_from_dir(Path(app_dir), dict(overrides)))
+
+    @classmethod
+    def check_keys(cls, run_config: Mapping[str, Any]) -> None:
+        """Every key is a setting; a misspelled one is named, with the nearest real one."""
+        known = [field.name.replace("_", "-") for field in dataclasses.fields(cls)]
+        for key in run_config:
+            if key not in known:
+                near = difflib.get_close_matches(key, known, n=1)
+                raise SettingsError(
+                    f"unknown run-config key {key!r}" + (f"; did you mean {near[0]!r}?" if near else "")
+                )
 
     def validate(self) -> None:
         for name, (ok, requirement) in _RULES.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -144,13 +145,18 @@ def check_shard_matches(shard: ClientShard, settings: RunSettings, num_classes: 
 
 
 def write_shards(data: TaskData, settings: RunSettings, num_partitions: int, out_dir: Path) -> Path:
-    """Write every client's shard file and ``manifest.json``; returns the manifest path."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Write every client's shard file and ``manifest.json`` into a new folder ``out_dir``, whole
+    or not at all (written beside it, then renamed); returns the manifest path."""
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise SettingsError(f"{out_dir} exists and is not empty: remove it or choose another folder")
+    shards = [make_client_shard(data, settings, pid, num_partitions) for pid in range(num_partitions)]
+    work = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
     clients = []
-    for pid in range(num_partitions):
-        shard = make_client_shard(data, settings, pid, num_partitions)
+    for pid, shard in enumerate(shards):
         name = f"client_{pid:03d}.npz"
-        save_shard(shard, out_dir / name)
+        save_shard(shard, work / name)
         clients.append(
             {
                 "file": name,
@@ -178,6 +184,8 @@ def write_shards(data: TaskData, settings: RunSettings, num_partitions: int, out
         "num_partitions": num_partitions,
         "clients": clients,
     }
-    manifest_path = out_dir / "manifest.json"
-    manifest_path.write_text(json.dumps(manifest, indent=2))
-    return manifest_path
+    (work / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    if out_dir.exists():
+        out_dir.rmdir()  # empty, checked above
+    work.rename(out_dir)
+    return out_dir / "manifest.json"

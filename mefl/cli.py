@@ -51,9 +51,7 @@ def _add_campaign_options(parser: argparse.ArgumentParser) -> None:
 
 def _study(args: argparse.Namespace) -> int:
     if args.se_from is not None and "se" in args.variants:
-        raise SystemExit(
-            "mefl study: error: --se-from takes the single-exit runs from another folder: use --variants me"
-        )
+        raise SettingsError("--se-from takes the single-exit runs from another folder: use --variants me")
     interrupt_on_termination()  # `kill` stops the campaign's Ray cluster and SuperLink too
     failed = study.run_campaign(
         args.task,

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from mefl_app.data.shards import write_shards
-from mefl_app.settings import RunSettings
+from mefl_app.settings import RunSettings, SettingsError
 from mefl_app.task import load_task_data
 
 from . import APP_DIR
@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Write every client's shard file and manifest.json."""
     if args.num_partitions < 1:
-        raise SystemExit(f"mefl shards: error: --num-partitions must be >= 1, got {args.num_partitions}")
+        raise SettingsError(f"--num-partitions must be >= 1, got {args.num_partitions}")
     settings = RunSettings.from_app_dir(args.app_dir, args.run_config)
     data = load_task_data(settings)
     manifest = write_shards(data, settings, args.num_partitions, args.out)

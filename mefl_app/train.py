@@ -53,7 +53,7 @@ def train_local(
             if anchor is not None:
                 loss = loss + proximal_mu / 2 * sum((p - a).pow(2).sum() for p, a in zip(model.parameters(), anchor))
             if not torch.isfinite(loss):
-                raise NonFiniteError(f"non-finite training loss ({float(loss)}) in local epoch {epoch}, step {step}")
+                raise NonFiniteError(f"non-finite training loss ({loss.item()}) in local epoch {epoch}, step {step}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if settings.max_grad_norm > 0:

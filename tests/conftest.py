@@ -23,3 +23,13 @@ def ctrl_c_armed():
 @pytest.fixture
 def task_data():
     return synthetic_task()
+
+
+@pytest.fixture
+def task_identity(monkeypatch):
+    """Flower stamps messages with the running task's ids; give a test one."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0, raising=False)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1, raising=False)

@@ -513,9 +513,9 @@ def main(args: argparse.Namespace) -> int:
     try:  # a bad setting fails here, before any process starts
         RunSettings.from_app_dir(app_dir, args.run_config)
     except SettingsError as error:
-        raise SystemExit(f"mefl deploy: error: {error}") from None
+        raise SettingsError(str(error)) from None
     if args.nodes < 1:
-        raise SystemExit("mefl deploy: error: --nodes must be >= 1")
+        raise SettingsError(f"--nodes must be >= 1, got {args.nodes}")
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     workdir = (args.workdir or app_dir / "outputs" / "deploy" / stamp).resolve()
 

@@ -16,15 +16,7 @@ from mefl_app.server.exit_levels import ExitLevelAggregation, PartialUploadError
 from mefl_app.settings import RunSettings, SettingsError
 from mefl_app.task import build_model, exit_level
 
-
-@pytest.fixture(autouse=True)
-def _task_identity(monkeypatch):
-    """Flower stamps messages with the running task's ids; give these tests one."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0, raising=False)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1, raising=False)
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def test_threshold_policy_picks_the_first_confident_exit():

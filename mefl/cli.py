@@ -64,7 +64,8 @@ def _study(args: argparse.Namespace) -> int:
         gpus_per_client=args.gpus_per_client,
         command=args.command_line,
     )
-    print(f"report: {report.write_report(args.out, args.se_from)}")
+    if len(failed) < len(args.seeds) * len(args.variants):  # a report needs a completed run
+        print(f"report: {report.write_report(args.out, args.se_from)}")
     return _not_completed(failed)
 
 
@@ -114,7 +115,8 @@ def _exits(args: argparse.Namespace) -> int:
             gpus_per_client=args.gpus_per_client,
             command=args.command_line,
         )
-    print(f"report: {exits.write_report(args.out)}")
+    if args.report_only or len(failed) < len(exits.CONFIGS):  # a report needs a completed run
+        print(f"report: {exits.write_report(args.out)}")
     return _not_completed(failed)
 
 

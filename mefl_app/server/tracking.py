@@ -105,7 +105,9 @@ class TrackingStrategy(Strategy):
             if scores is not None:
                 central = metrics.scores_from_record(scores)
                 if not all(math.isfinite(loss) for loss in central.loss if loss is not None):
-                    raise NonFiniteError(f"round {server_round}: the global model's central loss is {central.loss}")
+                    raise NonFiniteError(
+                        f"round {server_round}: the global model's central loss is non-finite ({central.loss})"
+                    )
                 self.recorder.record_central(server_round, central)
             if server_round > 0:
                 self.recorder.finish_round(server_round, last_round, arrays)
@@ -236,6 +238,6 @@ class TrackingStrategy(Strategy):
             pooled = metrics.pool(per_client.values())
             if not all(math.isfinite(loss) for loss in pooled.loss if loss is not None):
                 raise NonFiniteError(
-                    f"round {server_round}: the global model's loss on the clients' data is {pooled.loss}"
+                    f"round {server_round}: the global model's loss on the clients' data is non-finite ({pooled.loss})"
                 )
         return ok

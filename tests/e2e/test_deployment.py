@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -352,3 +353,25 @@ def test_stopping_the_launcher_mid_run_stops_every_process_and_records_the_run_a
     assert "insecure = true" in (workdir / "flwr-home" / "config.toml").read_text()
     first_line = (workdir / "logs" / "supernode-0.log").read_text().splitlines()[0]
     assert first_line[:4].isdigit() and "Starting Flower SuperNode" in first_line  # --timestamps
+
+
+def test_a_node_with_a_corrupt_shard_file_fails_the_run_before_round_1_and_the_launcher_exits_1(
+    tmp_path, fmnist_dir, shards
+):
+    """A device whose shard file is truncated: the census before round 1 names the node and the
+    file, the run is recorded as failed, and the launcher's exit code says so."""
+    copy = tmp_path / "shards"
+    shutil.copytree(shards, copy)
+    victim = copy / "client_002.npz"
+    victim.write_bytes(victim.read_bytes()[:1000])
+    workdir = tmp_path / "deploy"
+    run_config = f"data-dir='{fmnist_dir}' output-dir='{tmp_path / 'outputs'}' num-server-rounds=2"
+    run_config += " min-partition-size=20"
+    command = [sys.executable, "-m", "mefl", "deploy", "--nodes", "3", "--shards", str(copy), "--insecure"]
+    command += ["--workdir", str(workdir), "--run-config", run_config]
+    proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    results = json.loads(next((tmp_path / "outputs").glob("*/results.json")).read_text())
+    assert results["status"] == "failed" and results["rounds"] == []
+    assert "could not start" in results["error"] and "client_002.npz is corrupt or truncated" in results["error"]
+    assert_all_stopped(workdir / "flwr-home", [])

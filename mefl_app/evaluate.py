@@ -32,11 +32,12 @@ def evaluate_exits(
 ) -> ExitScores:
     """Accuracy and cross-entropy of every exit, in eval mode (dropout off), no autograd; with
     ``thresholds`` (and the forward MFLOPs to each exit) also the early-exit policy's accuracy
-    and cost per threshold."""
+    and cost per threshold. The ensemble predicts with the average of the exits' softmax."""
     if len(data) == 0:
         raise ValueError("cannot evaluate on an empty data part")
     model.eval()
     correct = loss_sum = early_correct = None
+    ensemble_correct = 0
     early_mflops = [0.0] * len(thresholds)
     cost = torch.tensor(list(exit_mflops), dtype=torch.float64, device=device)  # per exit
     for start in range(0, len(data), batch_size):
@@ -47,6 +48,7 @@ def evaluate_exits(
         batch_loss = torch.stack([F.cross_entropy(z, y, reduction="sum") for z in logits])
         correct = hits.sum(dim=1) if correct is None else correct + hits.sum(dim=1)
         loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
+        ensemble_correct += int((logits.softmax(dim=2).mean(dim=0).argmax(dim=1) == y).sum())
         if thresholds:
             chosen = torch.stack([first_confident_exit(logits, t) for t in thresholds])  # thresholds x batch
             batch_early = hits.gather(0, chosen).sum(dim=1)
@@ -60,4 +62,5 @@ def evaluate_exits(
         [len(data)] * exits,
         early_correct.tolist() if early_correct is not None else [],
         early_mflops if thresholds else [],
+        ensemble_correct,
     )

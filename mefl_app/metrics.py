@@ -20,7 +20,9 @@ class ExitScores:
 
     ``examples[e]`` is 0 for an exit the client's model does not have (a client at exit level
     k < K). ``early_correct`` / ``early_mflops`` hold, per confidence threshold, the correct
-    predictions and the summed forward MFLOPs of the early-exit policy (empty when not asked).
+    predictions and the summed forward MFLOPs of the early-exit policy (empty when not asked);
+    ``ensemble_correct`` the correct predictions of the average of the exits' softmax (the
+    ensemble of a client's exits, as DepthFL reports it).
     """
 
     correct: list[int]
@@ -28,6 +30,7 @@ class ExitScores:
     examples: list[int]
     early_correct: list[int] = field(default_factory=list)
     early_mflops: list[float] = field(default_factory=list)
+    ensemble_correct: int = 0
 
     @property
     def total(self) -> int:
@@ -40,6 +43,10 @@ class ExitScores:
     @property
     def loss(self) -> list[float | None]:
         return [s / n if n else None for s, n in zip(self.loss_sum, self.examples)]
+
+    @property
+    def ensemble_accuracy(self) -> float | None:
+        return self.ensemble_correct / self.total if self.total else None
 
     @property
     def early_accuracy(self) -> list[float]:
@@ -57,6 +64,7 @@ LOSS_SUM = "loss-sum"  # list, one entry per exit
 EXAMPLES = "examples"  # list, one entry per exit: examples scored at that exit
 EARLY_CORRECT = "early-correct"  # list, one entry per early-exit threshold
 EARLY_MFLOPS = "early-mflops"  # list, one entry per threshold: summed forward MFLOPs
+ENSEMBLE_CORRECT = "ensemble-correct"  # correct predictions of the exits' averaged softmax
 TRAIN_LOSS = "train-loss"
 TRAIN_SECONDS = "train-seconds"
 TRAIN_MFLOPS = "train-mflops"  # the round's local training compute (forward + backward)
@@ -77,6 +85,7 @@ def scores_record(partition_id: int, num_examples: int, scores: ExitScores, **ex
             EXAMPLES: list(scores.examples),
             EARLY_CORRECT: list(scores.early_correct),
             EARLY_MFLOPS: list(scores.early_mflops),
+            ENSEMBLE_CORRECT: scores.ensemble_correct,
             **extra,
         }
     )
@@ -89,6 +98,7 @@ def scores_from_record(record: MetricRecord) -> ExitScores:
         list(record[EXAMPLES]),
         list(record[EARLY_CORRECT]),
         list(record[EARLY_MFLOPS]),
+        int(record[ENSEMBLE_CORRECT]),
     )
 
 
@@ -111,6 +121,7 @@ def pool(scores: Iterable[ExitScores]) -> ExitScores:
         summed(lambda s: s.examples, exits),
         summed(lambda s: s.early_correct, thresholds),
         summed(lambda s: s.early_mflops, thresholds),
+        sum(s.ensemble_correct for s in scores),
     )
 
 

@@ -183,6 +183,7 @@ class RunRecorder:
         entry = self._round(server_round)
         entry[kind] = summarize_exits(per_client, self.exit_names)
         pooled = pool(per_client.values())
+        entry[f"{kind}_ensemble"] = {"accuracy": pooled.ensemble_accuracy}
         if pooled.early_correct:
             entry[f"{kind}_early_exit"] = {
                 "accuracy": pooled.early_accuracy,
@@ -212,6 +213,7 @@ class RunRecorder:
             self.results["initial_central"] = summary
         else:
             self._round(server_round)["central"] = summary
+            self._round(server_round)["central_ensemble"] = {"accuracy": scores.ensemble_accuracy}
 
     # -- end of round ---------------------------------------------------------------------
     def finish_round(self, server_round: int, num_rounds: int, arrays: ArrayRecord | None = None) -> None:

@@ -223,3 +223,15 @@ def test_tracking_hands_replies_to_the_strategy_in_partition_order(tmp_path):
     arrays, _ = strategy.aggregate_train(1, replies)
     assert inner.seen == [0, 1, 2]
     np.testing.assert_allclose(arrays["a"].numpy(), [(0 * 1 + 1 * 2 + 2 * 3) / 6, 1.0])
+
+
+def test_the_ensemble_predicts_with_the_average_of_the_exits_softmax(task_data):
+    model = MultiExitResNet().eval()
+    scores = evaluate_exits(model, task_data.test, batch_size=7, device=torch.device("cpu"))
+    with torch.no_grad():
+        probabilities = torch.stack(model(task_data.test.x)).softmax(dim=2).mean(dim=0)
+    assert scores.ensemble_correct == int((probabilities.argmax(dim=1) == task_data.test.y).sum())
+    pooled = metrics.pool([scores, scores])
+    assert (
+        pooled.ensemble_correct == 2 * scores.ensemble_correct and pooled.ensemble_accuracy == scores.ensemble_accuracy
+    )

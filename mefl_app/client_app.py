@@ -20,11 +20,15 @@ from .data.shards import ClientShard, label_counts
 from .device import apply_thread_setting, select_device
 from .evaluate import evaluate_exits
 from .health import NonFiniteError
+from .model.loss import distill_schedule
 from .seeds import client_round_seed, validation_split_seed
 from .server.census import census_record
+from .server.feddyn import ALPHA_KEY
 from .settings import RunSettings
 from .task import build_model, exit_level, load_client_shard, model_costs
-from .train import train_local
+from .train import FedDynState, train_local
+
+FEDDYN_STATE = "feddyn-state"  # in Context.state: the client's FedDyn g, one array per parameter
 
 app = ClientApp()
 
@@ -83,6 +87,8 @@ def train(msg: Message, context: Context) -> Message:
     started = time.perf_counter()
     train_loss = 0.0
     if trains:
+        config = msg.content["config"]
+        feddyn = _feddyn_state(float(config.get(ALPHA_KEY, 0.0)), model, context)
         try:
             train_loss = train_local(
                 model,
@@ -90,10 +96,20 @@ def train(msg: Message, context: Context) -> Message:
                 settings,
                 generator=torch.Generator().manual_seed(seed),
                 device=local.device,
-                proximal_mu=float(msg.content["config"].get("proximal-mu", 0.0)),
+                proximal_mu=float(config.get("proximal-mu", 0.0)),
+                distill_weight=distill_schedule(
+                    settings.distill_weight,
+                    server_round,
+                    settings.num_server_rounds,
+                    ramp=settings.distill_ramp,
+                    warmup=settings.distill_warmup,
+                ),
+                feddyn=feddyn,
             )
         except NonFiniteError as error:  # a diverged model is not uploaded
             raise NonFiniteError(f"partition {shard.partition_id}, round {server_round}: {error}") from None
+        if feddyn is not None:  # FedDyn's client state lives on the node between rounds
+            context.state[FEDDYN_STATE] = ArrayRecord(feddyn.grads)
     train_seconds = time.perf_counter() - started
     scores = evaluate_exits(
         model,
@@ -118,6 +134,15 @@ def train(msg: Message, context: Context) -> Message:
     # A client left out of training (exclusive mode) uploads no arrays at all.
     arrays = ArrayRecord(model.to("cpu").state_dict()) if trains else ArrayRecord()
     return Message(RecordDict({"arrays": arrays, "metrics": record}), reply_to=msg)
+
+
+def _feddyn_state(alpha: float, model: nn.Module, context: Context) -> FedDynState | None:
+    """This node's FedDyn state (zeros in its first round), when the strategy is FedDyn."""
+    if alpha <= 0:
+        return None
+    stored = context.state[FEDDYN_STATE].to_torch_state_dict() if FEDDYN_STATE in context.state else {}
+    grads = {name: stored.get(name, torch.zeros_like(p, device="cpu")) for name, p in model.named_parameters()}
+    return FedDynState(alpha, grads)
 
 
 @app.evaluate()

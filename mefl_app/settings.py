@@ -18,7 +18,7 @@ from .model.exits import check_exit_positions
 
 TASKS = ("fmnist", "har")
 NORMS = ("batch", "group")
-TEACHERS = ("last", "next")
+TEACHERS = ("last", "next", "mutual", "last-additive")
 DEVICES = ("auto", "cpu", "cuda")
 PARTITION_BY = ("dirichlet", "subject")
 HAR_SUBSETS = ("acc", "adl", "fall")
@@ -27,6 +27,33 @@ EXIT_TRAINING = ("partial", "exclusive")
 DEFAULT_EXITS = {"fmnist": "1,3,5", "har": "1,2,3"}
 DEPTH = {"fmnist": 5, "har": 3}  # residual blocks / LSTM layers
 DEFAULT_TARGET = {"fmnist": 0.75, "har": 0.5}  # the study's rounds-to-target thresholds
+
+
+# A method is a preset of settings (docs/methods.md): it fills every key a run leaves at its default.
+METHODS: dict[str, dict[str, Any]] = {
+    "study": {},  # Shin & Ko: CE at every exit + distillation from the deepest exit, FedAvg
+    "exclusive": {"exit-training": "exclusive"},  # only the clients that hold the whole model train
+    # DepthFL (Kim et al., ICLR 2023): mutual self-distillation at temperature 1 with its ramp, FedDyn
+    "depthfl": {
+        "distill-teacher": "mutual",
+        "distill-weight": 1.0,
+        "distill-temperature": 1.0,
+        "distill-ramp": 0.3,
+        "strategy": "feddyn",
+    },
+    # ScaleFL's depth part (Ilhan et al., CVPR 2023): exits weighted by depth, distillation from the
+    # local deepest exit added to the labels' loss after a warm-up of a quarter of the rounds
+    "scalefl": {
+        "distill-teacher": "last-additive",
+        "distill-weight": 0.05,
+        "distill-temperature": 3.0,
+        "distill-warmup": 0.25,
+        "exit-loss-weights": "depth",
+    },
+}
+# Strategies whose aggregate is no function of the weighted mean of the replies: meaningless on
+# the partial uploads of clients at different exit levels (and so are the DP wrappers).
+ORDER_STATISTIC_STRATEGIES = ("fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
 
 
 class SettingsError(ValueError):
@@ -67,6 +94,7 @@ class RunSettings:
     trim_beta: float = 0.2
     num_malicious_nodes: int = 0
     num_nodes_to_select: int = 1
+    feddyn_alpha: float = 0.1
     dp: str = "none"
     dp_noise_multiplier: float = 1.0
     dp_clipping_norm: float = 10.0
@@ -93,6 +121,9 @@ class RunSettings:
     distill_temperature: float = 3.0
     distill_teacher: str = "last"
     exit_loss_weights: str = ""
+    distill_ramp: float = 0.0
+    distill_warmup: float = 0.0
+    method: str = "study"
     # local training
     local_epochs: int = 5
     batch_size: int = 32
@@ -115,6 +146,13 @@ class RunSettings:
             key = field.name.replace("_", "-")
             if key in run_config:
                 values[field.name] = _cast(key, run_config[key], type(field.default))
+        method = values.get("method", cls.method)
+        if method not in METHODS:
+            raise SettingsError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        for key, value in METHODS[method].items():  # the preset fills the keys left at their default
+            name = key.replace("-", "_")
+            if values.get(name, getattr(cls, name)) == getattr(cls, name):
+                values[name] = value
         settings = cls(**values)
         settings.validate()
         return settings
@@ -152,6 +190,11 @@ class RunSettings:
         _ = self.exit_positions  # parses and validates exit-after
         _ = self.thresholds  # parses early-exit-thresholds
         levels = self.profile_levels  # parses exit-profile
+        if len(set(levels)) > 1 and (self.strategy in ORDER_STATISTIC_STRATEGIES or self.dp != "none"):
+            raise SettingsError(
+                f"strategy {self.strategy!r} (dp {self.dp!r}) cannot aggregate the partial uploads of clients at "
+                f"different exit levels (exit-profile {self.exit_profile!r}): use a mean-based strategy"
+            )
         weights = self.loss_weights()  # parses exit-loss-weights
         if weights:
             for level in sorted(set(levels)):
@@ -195,6 +238,9 @@ class RunSettings:
         if not self.exit_loss_weights or not self.multi_exit:
             return None
         exits = self.num_exits  # multi-exit here: every exit
+        if self.exit_loss_weights == "depth":  # ScaleFL: exit j of a model with L exits weighs j / (L (L + 1) / 2)
+            count = num_exits or exits
+            return tuple(j / (count * (count + 1) / 2) for j in range(1, count + 1))
         try:
             values = tuple(float(w) for w in self.exit_loss_weights.split(","))
         except ValueError:
@@ -326,11 +372,14 @@ _RULES = {
     "trim_beta": _between(0, 0.5),
     "num_malicious_nodes": _at_least(0),
     "num_nodes_to_select": _at_least(1),
+    "feddyn_alpha": _between(0, float("inf")),
     "dp_noise_multiplier": _at_least(0),
     "dp_clipping_norm": _between(0, float("inf")),
     "dp_num_sampled_clients": _at_least(0),
     "norm": _one_of(NORMS),
     "distill_teacher": _one_of(TEACHERS),
+    "distill_ramp": _between(0, 1, closed="both"),
+    "distill_warmup": _between(0, 1, closed="low"),
     "device": _one_of(DEVICES),
     "partition_by": _one_of(PARTITION_BY),
     "har_subset": _one_of(HAR_SUBSETS),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -9,6 +11,14 @@ from .data.tensors import TensorData
 from .health import NonFiniteError
 from .model.loss import multi_exit_loss
 from .settings import RunSettings
+
+
+@dataclass
+class FedDynState:
+    """A FedDyn client's coefficient and its state g, one tensor per parameter, kept between rounds."""
+
+    alpha: float
+    grads: dict[str, torch.Tensor]
 
 
 def train_local(
@@ -20,10 +30,15 @@ def train_local(
     device: torch.device,
     proximal_mu: float = 0.0,
     grad_norms: list[float] | None = None,
+    distill_weight: float | None = None,
+    feddyn: FedDynState | None = None,
 ) -> float:
     """``local-epochs`` epochs of SGD on the summed multi-exit loss; returns the mean batch loss.
 
-    ``proximal_mu > 0`` adds FedProx's ``mu/2 * ||w - w_global||^2`` (Li et al., 2020).
+    ``proximal_mu > 0`` adds FedProx's ``mu/2 * ||w - w_global||^2`` (Li et al., 2020);
+    ``feddyn`` adds FedDyn's ``- <w, g> + alpha/2 * ||w - w_global||^2`` and updates the client's
+    state ``g <- g - alpha (w - w_global)`` after the last step (Acar et al., 2021; DepthFL's code).
+    ``distill_weight`` (default ``distill-weight``) is this round's weight from the schedule.
     Batches are index slices of in-memory tensors, reshuffled each epoch with ``generator``.
     ``grad_norms``, if given, receives every step's gradient norm before clipping (diagnostics;
     needs ``max-grad-norm > 0``). A non-finite loss or parameter raises ``NonFiniteError`` naming
@@ -34,7 +49,11 @@ def train_local(
     optimizer = torch.optim.SGD(
         model.parameters(), lr=settings.learning_rate, momentum=settings.momentum, weight_decay=settings.weight_decay
     )
-    anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
+    anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 or feddyn else None
+    if distill_weight is None:
+        distill_weight = settings.distill_weight
+    if feddyn is not None:
+        state = [feddyn.grads[name].to(device) for name, _ in model.named_parameters()]
     x, y = data.x.to(device), data.y.to(device)
     loss_sum, steps = torch.zeros((), device=device), 0
     for epoch in range(1, settings.local_epochs + 1):
@@ -45,13 +64,17 @@ def train_local(
             loss = multi_exit_loss(
                 model(x[batch]),
                 y[batch],
-                distill_weight=settings.distill_weight,
+                distill_weight=distill_weight,
                 temperature=settings.distill_temperature,
                 teacher=settings.distill_teacher,
                 exit_weights=exit_weights,
             )
-            if anchor is not None:
+            if proximal_mu > 0:
                 loss = loss + proximal_mu / 2 * sum((p - a).pow(2).sum() for p, a in zip(model.parameters(), anchor))
+            if feddyn is not None:
+                linear = sum((p * g).sum() for p, g in zip(model.parameters(), state))
+                quadratic = sum((p - a).pow(2).sum() for p, a in zip(model.parameters(), anchor))
+                loss = loss - linear + feddyn.alpha / 2 * quadratic
             if not torch.isfinite(loss):
                 raise NonFiniteError(f"non-finite training loss ({loss.item()}) in local epoch {epoch}, step {step}")
             optimizer.zero_grad(set_to_none=True)
@@ -66,4 +89,8 @@ def train_local(
     diverged = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
     if diverged:
         raise NonFiniteError(f"non-finite parameters after local training: {', '.join(diverged[:3])}")
+    if feddyn is not None:
+        with torch.no_grad():
+            for (name, p), a in zip(model.named_parameters(), anchor):
+                feddyn.grads[name] = (feddyn.grads[name].to(device) - feddyn.alpha * (p - a)).cpu()
     return float(loss_sum) / max(steps, 1)

@@ -1,13 +1,18 @@
-"""Distillation-based multi-exit loss (Phuong & Lampert, "Distillation-Based Training for
-Multi-Exit Architectures", ICCV 2019).
+"""Multi-exit losses: every exit learns the labels, and the exits learn from each other.
 
-Every exit learns the labels; the shallower exits also learn the softened output of a deeper
-exit (the teacher), which is detached so distillation never pulls the teacher towards its
-students.
+- teacher "last" / "next": distillation from a deeper exit (Phuong & Lampert, "Distillation-Based
+  Training for Multi-Exit Architectures", ICCV 2019), the study's loss; ScaleFL's depth part
+  (Ilhan et al., CVPR 2023) is "last" with depth-weighted exits and a warm-up.
+- teacher "mutual": DepthFL's mutual self-distillation (Kim et al., ICLR 2023), every exit from
+  every other exit.
+
+Teachers are always detached, so distillation never pulls a teacher towards its students.
+``distill_schedule`` gives the distillation weight of a round (DepthFL's ramp, ScaleFL's warm-up).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch.nn.functional as F
@@ -33,6 +38,14 @@ def multi_exit_loss(
     deepest exit gets ``CE(z_K, y)``. C = 0 is the plain sum of cross-entropies; a single
     exit is plain cross-entropy. The T^2 factor keeps the distillation gradient's scale
     independent of T (Hinton et al., 2015).
+
+    ``teacher="last-additive"`` (ScaleFL): exit k < K gets ``CE(z_k, y) + C * T^2 * KL(softmax(z_K
+    / T) || softmax(z_k / T))``, the labels at full weight as in ScaleFL's code (``train.py`` of
+    git-disl/scale-fl; its exit weights are ``exit-loss-weights = "depth"``).
+
+    ``teacher="mutual"`` (DepthFL): every exit k gets ``CE(z_k, y) + C / (K - 1) * sum over
+    j != k of T^2 * KL(softmax(z_j / T) || softmax(z_k / T))``, the labels at full weight as in
+    DepthFL's code (``baselines/depthfl/depthfl/models.py`` in Flower's repository).
     """
     if not logits:
         raise ValueError("multi_exit_loss needs at least one exit's logits")
@@ -46,6 +59,8 @@ def multi_exit_loss(
     if len(weights) != len(logits) or any(w < 0 for w in weights):
         raise ValueError(f"exit_weights must be {len(logits)} numbers >= 0, got {exit_weights!r}")
 
+    if teacher == "mutual":
+        return _mutual_loss(logits, target, distill_weight, temperature, weights)
     *students, deepest = logits
     total = weights[-1] * F.cross_entropy(deepest, target)
     for k, student in enumerate(students):
@@ -53,8 +68,44 @@ def multi_exit_loss(
         if distill_weight == 0.0:
             total = total + weights[k] * ce
             continue
-        teacher_logits = deepest if teacher == "last" else logits[k + 1]
+        teacher_logits = logits[k + 1] if teacher == "next" else deepest
         soft_target = F.softmax(teacher_logits.detach() / temperature, dim=1)
         kl = F.kl_div(F.log_softmax(student / temperature, dim=1), soft_target, reduction="batchmean")
-        total = total + weights[k] * ((1.0 - distill_weight) * ce + distill_weight * temperature**2 * kl)
+        label_weight = 1.0 if teacher == "last-additive" else 1.0 - distill_weight
+        total = total + weights[k] * (label_weight * ce + distill_weight * temperature**2 * kl)
     return total
+
+
+def _mutual_loss(logits: Sequence[Tensor], target: Tensor, weight: float, temperature: float, exit_weights) -> Tensor:
+    total = None
+    for k, student in enumerate(logits):
+        term = F.cross_entropy(student, target)
+        if weight > 0 and len(logits) > 1:
+            log_student = F.log_softmax(student / temperature, dim=1)
+            kl = sum(
+                F.kl_div(log_student, F.softmax(other.detach() / temperature, dim=1), reduction="batchmean")
+                for j, other in enumerate(logits)
+                if j != k
+            )
+            term = term + weight / (len(logits) - 1) * temperature**2 * kl
+        total = exit_weights[k] * term if total is None else total + exit_weights[k] * term
+    return total
+
+
+def distill_schedule(
+    weight: float, server_round: int, num_rounds: int, *, ramp: float = 0.0, warmup: float = 0.0
+) -> float:
+    """The distillation weight in round ``server_round`` (1-based) of ``num_rounds``.
+
+    ``warmup``: no distillation in the first ``warmup`` share of the rounds (ScaleFL switches its
+    self-distillation on after a warm-up). ``ramp``: DepthFL's ramp ``exp(-5 (1 - x)^2)`` with
+    ``x = min(round - 1, R) / R`` over the first R = ``ramp * num_rounds`` rounds (DepthFL's code:
+    300 of 1,000 rounds, i.e. ramp 0.3), then the full weight.
+    """
+    if server_round <= warmup * num_rounds:
+        return 0.0
+    span = ramp * num_rounds
+    if span <= 0:
+        return weight
+    phase = 1.0 - min(server_round - 1, span) / span
+    return weight * math.exp(-5.0 * phase * phase)

@@ -4,7 +4,8 @@
 through (any strategy works). When replies carry different subsets of the arrays, it averages
 each array over the clients that sent it (weighted by their number of training examples), keeps
 the previous global value of an array nobody sent, and hands the result to the wrapped strategy
-as one combined reply -- exact for strategies whose aggregate is a function of the weighted mean
+as one combined reply (a strategy that says ``accepts_partial_uploads``, such as FedDyn, gets
+the replies themselves) -- exact for strategies whose aggregate is a function of the weighted mean
 of the replies: FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad. Order-statistic and
 selection rules (FedMedian, FedTrimmedAvg, Krum, MultiKrum, Bulyan) and the DP wrappers (which
 clip each reply) have no meaning on mixed uploads and are refused with a clear error.
@@ -132,7 +133,9 @@ class ExitLevelAggregation(Strategy):
         ok = [m for m in replies if not m.has_error()]
         full = set(self.current.keys())
         uploads = [(next(iter(m.content.array_records.values()), ArrayRecord()), m) for m in ok]
-        if all(set(record.keys()) == full for record, _ in uploads):
+        if getattr(self.inner, "accepts_partial_uploads", False) or all(
+            set(record.keys()) == full for record, _ in uploads
+        ):
             arrays, aggregate = self.inner.aggregate_train(server_round, replies)
             return (None if arrays is None else in_dtypes_of(arrays, self.current)), aggregate
         if type(self.inner) not in MEAN_BASED:

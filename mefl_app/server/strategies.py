@@ -32,8 +32,9 @@ from flwr.serverapp.strategy import (
 
 from ..metrics import pooled_metric_record
 from ..settings import RunSettings, SettingsError
+from .feddyn import FedDyn
 
-BUILTIN_STRATEGIES: dict[str, type[Strategy]] = {
+FLOWER_STRATEGIES: dict[str, type[Strategy]] = {
     "fedavg": FedAvg,
     "fedprox": FedProx,
     "fedavgm": FedAvgM,
@@ -46,6 +47,9 @@ BUILTIN_STRATEGIES: dict[str, type[Strategy]] = {
     "multikrum": MultiKrum,
     "bulyan": Bulyan,
 }
+# Methods Flower 1.42 has no strategy for, written for mefl.
+MEFL_STRATEGIES: dict[str, type[Strategy]] = {"feddyn": FedDyn}
+BUILTIN_STRATEGIES = {**FLOWER_STRATEGIES, **MEFL_STRATEGIES}
 
 # RunSettings field -> keyword of Flower's strategy constructors. A strategy receives the ones
 # its constructor accepts. Settings whose Flower default differs between strategies (eta,
@@ -62,6 +66,7 @@ STRATEGY_PARAMETERS = {
     "trim_beta": "beta",
     "num_malicious_nodes": "num_malicious_nodes",
     "num_nodes_to_select": "num_nodes_to_select",
+    "feddyn_alpha": "alpha",
 }
 FLOWER_DEFAULT_IF_ZERO = {"eta", "eta_l"}
 
@@ -70,7 +75,7 @@ FLOWER_DEFAULT_IF_ZERO = {"eta", "eta_l"}
 MEAN_BASED = (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad)
 # Strategies that keep state between rounds that a model checkpoint lacks (momentum, Adam
 # moments): a stopped run of theirs cannot be continued (``resume-from``).
-KEEPS_SERVER_STATE = ("fedavgm", "fedadam", "fedyogi", "fedadagrad")
+KEEPS_SERVER_STATE = ("fedavgm", "fedadam", "fedyogi", "fedadagrad", "feddyn")
 
 
 def keeps_server_state(strategy: str, dp: str) -> bool:
@@ -162,4 +167,4 @@ def wrap_differential_privacy(strategy: Strategy, settings: RunSettings) -> Stra
 
 def flower_default(strategy: str, keyword: str) -> Any:
     """Flower's default for one constructor argument (used by tests and the README table)."""
-    return inspect.signature(BUILTIN_STRATEGIES[strategy]).parameters[keyword].default
+    return inspect.signature(FLOWER_STRATEGIES[strategy]).parameters[keyword].default

@@ -8,7 +8,14 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from mefl_app.server.strategies import BUILTIN_STRATEGIES, STRATEGY_PARAMETERS, build_strategy, flower_default
+from mefl_app.server.feddyn import FedDyn
+from mefl_app.server.strategies import (
+    FLOWER_STRATEGIES,
+    MEFL_STRATEGIES,
+    STRATEGY_PARAMETERS,
+    build_strategy,
+    flower_default,
+)
 from mefl_app.settings import RunSettings, SettingsError
 
 
@@ -24,11 +31,16 @@ class TinyStrategy(FedAvg):
         self.greeting = greeting
 
 
-@pytest.mark.parametrize("name", sorted(BUILTIN_STRATEGIES))
+@pytest.mark.parametrize("name", sorted(FLOWER_STRATEGIES))
 def test_every_builtin_name_builds_flowers_own_class(name):
     strategy = build_strategy(RunSettings(strategy=name))
-    assert type(strategy) is BUILTIN_STRATEGIES[name]
+    assert type(strategy) is FLOWER_STRATEGIES[name]
     assert type(strategy).__module__.startswith("flwr.serverapp.strategy")
+
+
+def test_feddyn_is_mefls_own_and_takes_its_alpha():
+    strategy = build_strategy(RunSettings(strategy="feddyn", feddyn_alpha=0.3))
+    assert type(strategy) is FedDyn and strategy.alpha == 0.3 and strategy.fraction_train == 1.0
 
 
 def test_run_config_defaults_are_flowers_defaults():
@@ -36,10 +48,12 @@ def test_run_config_defaults_are_flowers_defaults():
     for field, keyword in STRATEGY_PARAMETERS.items():
         defaults = {
             flower_default(name, keyword)
-            for name, cls in BUILTIN_STRATEGIES.items()
+            for name, cls in FLOWER_STRATEGIES.items()
             if keyword in inspect.signature(cls).parameters
         }
-        if len(defaults) > 1:  # differs between strategies: 0 selects each strategy's own default
+        if not defaults:  # a parameter of mefl's own strategies only
+            assert any(keyword in inspect.signature(cls).parameters for cls in MEFL_STRATEGIES.values()), field
+        elif len(defaults) > 1:  # differs between strategies: 0 selects each strategy's own default
             assert getattr(settings, field) == 0, field
         else:
             assert getattr(settings, field) == defaults.pop(), field

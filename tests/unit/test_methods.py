@@ -1,0 +1,180 @@
+"""The field's methods on hand computations: DepthFL's mutual distillation and ramp, ScaleFL's
+additive distillation, depth weights and warm-up, FedDyn's server and client state, the presets."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from helpers import synthetic_task
+
+from mefl_app import client_app, metrics
+from mefl_app.data.shards import make_client_shard
+from mefl_app.metrics import ExitScores, pooled_metric_record
+from mefl_app.model.loss import distill_schedule, multi_exit_loss
+from mefl_app.server.feddyn import ALPHA_KEY, FedDyn
+from mefl_app.settings import RunSettings, SettingsError
+from mefl_app.task import build_model
+from mefl_app.train import FedDynState, train_local
+
+pytestmark = pytest.mark.usefixtures("task_identity")
+
+
+def _kl(teacher, student, t):
+    p = F.softmax(teacher / t, dim=1)
+    return (p * (p.log() - F.log_softmax(student / t, dim=1))).sum(dim=1).mean()
+
+
+def test_mutual_distillation_is_depthfls_every_exit_from_every_other_exit():
+    torch.manual_seed(0)
+    z, y, c, t = [torch.randn(5, 4) for _ in range(3)], torch.randint(0, 4, (5,)), 0.7, 2.0
+    by_hand = sum(
+        F.cross_entropy(z[k], y) + c / 2 * t**2 * sum(_kl(z[j], z[k], t) for j in range(3) if j != k) for k in range(3)
+    )
+    loss = multi_exit_loss(z, y, distill_weight=c, temperature=t, teacher="mutual")
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-5)
+    assert multi_exit_loss(z[:1], y, distill_weight=c, temperature=t, teacher="mutual").item() == pytest.approx(
+        F.cross_entropy(z[0], y).item()
+    )
+
+
+def test_mutual_distillation_never_pulls_a_teacher():
+    z = [torch.randn(5, 4, requires_grad=True) for _ in range(2)]
+    y = torch.randint(0, 4, (5,))
+    multi_exit_loss(z, y, distill_weight=1.0, temperature=1.0, teacher="mutual").backward()
+    alone = [p.detach().clone().requires_grad_() for p in z]
+    for k in range(2):  # each exit's gradient: its own CE and its own KL towards the other (detached)
+        (F.cross_entropy(alone[k], y) + _kl(alone[1 - k].detach(), alone[k], 1.0)).backward()
+        assert torch.allclose(z[k].grad, alone[k].grad, atol=1e-6)
+
+
+def test_additive_distillation_with_depth_weights_is_scalefls_loss():
+    torch.manual_seed(1)
+    z, y, c, t = [torch.randn(6, 5) for _ in range(3)], torch.randint(0, 5, (6,)), 0.05, 3.0
+    weights = RunSettings(exit_loss_weights="depth").loss_weights()
+    assert weights == pytest.approx((1 / 6, 2 / 6, 3 / 6))
+    assert RunSettings(exit_loss_weights="depth").loss_weights(2) == pytest.approx((1 / 3, 2 / 3))
+    by_hand = sum(weights[k] * (F.cross_entropy(z[k], y) + c * t**2 * _kl(z[2], z[k], t)) for k in range(2))
+    by_hand = by_hand + weights[2] * F.cross_entropy(z[2], y)
+    loss = multi_exit_loss(z, y, distill_weight=c, temperature=t, teacher="last-additive", exit_weights=weights)
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-5)
+
+
+def test_distillation_schedules_depthfls_ramp_and_scalefls_warm_up():
+    assert distill_schedule(0.5, 7, 50) == 0.5  # no schedule: the weight itself
+    ramp = [distill_schedule(1.0, r, 100, ramp=0.3) for r in (1, 16, 31, 100)]  # R = 30 rounds
+    assert ramp == pytest.approx([math.exp(-5.0), math.exp(-5.0 * 0.5**2), 1.0, 1.0])
+    warm = [distill_schedule(0.05, r, 40, warmup=0.25) for r in (1, 10, 11, 40)]
+    assert warm == [0.0, 0.0, 0.05, 0.05]
+
+
+def _reply(arrays, partition):
+    record = metrics.scores_record(partition, 10, ExitScores([1], [0.5], [4]), **{metrics.TRAIN_LOSS: 1.0})
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord({k: Array(np.asarray(v, dtype=np.float32)) for k, v in arrays.items()}),
+            "metrics": record,
+        }
+    )
+    message = Message(content, dst_node_id=0, message_type=MessageType.TRAIN)
+    message.metadata.__dict__["_src_node_id"] = 100 + partition
+    return message
+
+
+class _Grid:
+    def get_node_ids(self):
+        return [100, 101, 102, 103]  # m = 4 clients in the federation
+
+
+def test_feddyn_server_state_and_aggregate_per_array_by_hand():
+    alpha = 0.5
+    strategy = FedDyn(alpha, min_train_nodes=1, min_available_nodes=1, train_metrics_aggr_fn=pooled_metric_record)
+    previous = ArrayRecord(
+        {"a": Array(np.array([0.0, 0.0], dtype=np.float32)), "b": Array(np.array([4.0], dtype=np.float32))}
+    )
+    messages = list(strategy.configure_train(1, previous, ConfigRecord(), _Grid()))
+    assert all(m.content["config"][ALPHA_KEY] == alpha for m in messages)  # the clients learn alpha
+    # Two clients hold "a" (one of them also "b"): different depths.
+    arrays, aggregate = strategy.aggregate_train(
+        1, [_reply({"a": [1.0, 2.0]}, 0), _reply({"a": [3.0, 6.0], "b": [8.0]}, 1)]
+    )
+    h_a = -alpha * 2 / 4 * np.array([2.0, 4.0])  # mean a = [2, 4], |P| = 2
+    h_b = -alpha * 1 / 4 * np.array([4.0])  # mean b = [8], |P| = 1, previous 4
+    np.testing.assert_allclose(strategy.h["a"], h_a)
+    np.testing.assert_allclose(arrays["a"].numpy(), np.array([2.0, 4.0]) - h_a / alpha)
+    np.testing.assert_allclose(arrays["b"].numpy(), np.array([8.0]) - h_b / alpha)
+    assert aggregate[metrics.AGGREGATED_PARTITIONS] == [0, 1]
+    # Round 2: an array nobody sends keeps its value and its h; h accumulates.
+    list(strategy.configure_train(2, arrays, ConfigRecord(), _Grid()))
+    again, _ = strategy.aggregate_train(2, [_reply({"a": arrays["a"].numpy() + 1.0}, 0)])
+    np.testing.assert_allclose(again["b"].numpy(), arrays["b"].numpy())
+    np.testing.assert_allclose(strategy.h["b"], h_b)
+    np.testing.assert_allclose(strategy.h["a"], h_a - alpha * 1 / 4 * np.ones(2))
+
+
+def test_feddyn_client_state_update_is_g_minus_alpha_times_the_drift(task_data):
+    settings = RunSettings(local_epochs=1, min_partition_size=10)
+    model = build_model(settings, 10, (1, 28, 28), 1)
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    state = FedDynState(0.1, {n: torch.full_like(p, 0.01) for n, p in model.named_parameters()})
+    before = {n: g.clone() for n, g in state.grads.items()}
+    generator = torch.Generator().manual_seed(0)
+    train_local(model, task_data.train, settings, generator=generator, device=torch.device("cpu"), feddyn=state)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(state.grads[name], before[name] - 0.1 * (p.detach() - start[name]))
+
+
+def test_a_feddyn_clients_state_stays_on_its_node_between_rounds(monkeypatch):
+    data = synthetic_task(n=200)
+    shard = make_client_shard(data, RunSettings(min_partition_size=10), 0, 1)
+    monkeypatch.setattr(client_app, "load_client_shard", lambda *args: shard)
+    context = Context(
+        run_id=1,
+        node_id=1,
+        node_config={},
+        state=RecordDict(),
+        run_config={"local-epochs": 1, "min-partition-size": 10},
+    )
+    model = build_model(RunSettings(), 10, (1, 28, 28))
+    states = []
+    for server_round in (1, 2):
+        config = ConfigRecord(
+            {"num-classes": 10, "input-shape": [1, 28, 28], "server-round": server_round, ALPHA_KEY: 0.1}
+        )
+        message = Message(
+            RecordDict({"arrays": ArrayRecord(model.state_dict()), "config": config}),
+            dst_node_id=1,
+            message_type=MessageType.TRAIN,
+        )
+        client_app.train(message, context)
+        states.append(context.state[client_app.FEDDYN_STATE].to_torch_state_dict())
+    assert set(states[0]) == {n for n, _ in model.named_parameters()}
+    assert any(not torch.equal(states[0][n], states[1][n]) for n in states[0])  # round 2 started from round 1's
+
+
+def test_a_method_fills_the_keys_left_at_their_default_and_keeps_the_others():
+    depthfl = RunSettings.from_run_config({"method": "depthfl"})
+    assert (depthfl.distill_teacher, depthfl.distill_weight, depthfl.strategy) == ("mutual", 1.0, "feddyn")
+    own = RunSettings.from_run_config({"method": "depthfl", "strategy": "fedprox", "distill-temperature": 2.0})
+    assert (own.strategy, own.distill_temperature, own.distill_ramp) == ("fedprox", 2.0, 0.3)
+    scalefl = RunSettings.from_run_config({"method": "scalefl"})
+    assert (scalefl.exit_loss_weights, scalefl.distill_warmup, scalefl.distill_teacher) == (
+        "depth",
+        0.25,
+        "last-additive",
+    )
+    assert RunSettings.from_run_config({"method": "exclusive"}).exit_training == "exclusive"
+    assert RunSettings.from_run_config({}) == RunSettings()  # the study: nothing changes
+    with pytest.raises(SettingsError, match="method must be one of study, exclusive, depthfl, scalefl"):
+        RunSettings.from_run_config({"method": "fedbn"})
+
+
+@pytest.mark.parametrize(
+    "config", [{"strategy": "krum"}, {"strategy": "fedmedian"}, {"dp": "fixed", "dp-num-sampled-clients": 3}]
+)
+def test_a_strategy_that_cannot_aggregate_mixed_exit_levels_is_refused_before_round_1(config):
+    with pytest.raises(SettingsError, match="cannot aggregate the partial uploads of clients at different exit levels"):
+        RunSettings.from_run_config({"exit-profile": "1:1,3:2", **config})
+    RunSettings.from_run_config({"exit-profile": "3:3", **config})  # one level: every reply is the whole model

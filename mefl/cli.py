@@ -4,6 +4,7 @@
     mefl report   rewrite a study campaign's report.md and plots from its results files
     mefl compare  one Markdown table of several campaign folders' final accuracies
     mefl exits    resource-aware exit configurations side by side (all-deep / mixed / exclusive)
+    mefl methods  the field's methods (DepthFL, ScaleFL, ...) side by side at mixed exit levels
     mefl shards   write one shard file per client, for real devices
     mefl deploy   a real local deployment: SuperLink + SuperNodes as separate processes
     mefl certs    a test CA, a SuperLink certificate and SuperNode key pairs
@@ -21,9 +22,9 @@ import sys
 from pathlib import Path
 
 from mefl_app.data.tensors import DataError
-from mefl_app.settings import SettingsError
+from mefl_app.settings import METHODS, SettingsError
 
-from . import compare, exits, report, shards, study
+from . import compare, exits, methods, report, shards, study
 from .campaigns import VARIANTS, add_client_resources, run_configs, run_status
 from .runtime import certificates, deployment
 from .runtime.processes import interrupt_on_termination
@@ -66,6 +67,26 @@ def _study(args: argparse.Namespace) -> int:
     )
     if len(failed) < len(args.seeds) * len(args.variants):  # a report needs a completed run
         print(f"report: {report.write_report(args.out, args.se_from)}")
+    return _not_completed(failed)
+
+
+def _methods(args: argparse.Namespace) -> int:
+    failed = []
+    if not args.report_only:
+        interrupt_on_termination()  # `kill` stops the campaign's Ray cluster and SuperLink too
+        failed = methods.run_campaign(
+            args.task,
+            args.seeds,
+            args.methods,
+            args.out,
+            args.clients,
+            args.run_config,
+            args.cpus_per_client,
+            gpus_per_client=args.gpus_per_client,
+            command=args.command_line,
+        )
+    if args.report_only or len(failed) < len(args.seeds) * (len(args.methods) + 1):  # a report needs a run
+        print(f"report: {methods.write_report(args.out)}")
     return _not_completed(failed)
 
 
@@ -170,6 +191,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("folders", type=Path, nargs="+", help="run folders, output-dirs or campaign folders")
     status.set_defaults(handler=_status)
+
+    me = verbs.add_parser(
+        "methods",
+        help="the field's methods side by side, a third of the clients at each exit level, then the report",
+        description=methods.__doc__.splitlines()[0],
+    )
+    me.add_argument("--task", choices=["fmnist", "har"], required=True)
+    me.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    me.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    _add_campaign_options(me)
+    me.add_argument("--report-only", action="store_true", help="only rewrite the report from existing results")
+    me.set_defaults(handler=_methods)
 
     for name, module, summary in (
         ("shards", shards, "write one shard file per client plus a manifest"),

@@ -93,3 +93,57 @@ def early_exit_plot(out: Path, runs: dict[str, dict[str, Any]], exits: list[str]
     fig.savefig(out / "early_exit.png", dpi=120)
     plt.close(fig)
     return "early_exit.png"
+
+
+def method_plots(
+    out: Path, runs: dict[str, dict[int, dict[str, Any]]], order: list[str], exits: list[str]
+) -> list[str]:
+    """Central accuracy per round at the deepest exit, per method (mean over seeds), and each
+    method's final central accuracy per exit against its client training compute."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, name in enumerate(order):
+        curves = [
+            [r["central"][exits[-1]]["accuracy"] for r in res["rounds"] if "central" in r]
+            for res in runs[name].values()
+        ]
+        length = min(len(c) for c in curves)
+        if length:
+            ax.plot(
+                range(1, length + 1),
+                [statistics.fmean(c[j] for c in curves) for j in range(length)],
+                color=f"C{i}",
+                label=name,
+            )
+    ax.set(xlabel="round", ylabel=f"central accuracy, {exits[-1]}", title="accuracy per round (mean over seeds)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_per_round.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    markers = "os^"
+    for i, name in enumerate(order):
+        results = list(runs[name].values())
+        tflops = statistics.fmean(
+            sum(sum(x.get("client_train_mflops", {}).values()) for x in r["rounds"]) / 1e6 for r in results
+        )
+        for e, exit_name in enumerate(exits):
+            final = [r["rounds"][-1].get("central", {}).get(exit_name, {}).get("accuracy") for r in results]
+            final = [v for v in final if v is not None]
+            if final:
+                ax.plot(tflops, statistics.fmean(final), markers[e % 3], color=f"C{i}", label=f"{name} {exit_name}")
+    ax.set(
+        xlabel="client training TFLOPs (whole run)",
+        ylabel="central accuracy, last round",
+        title="accuracy vs client compute",
+    )
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_vs_compute.png", dpi=120)
+    plt.close(fig)
+    return ["accuracy_per_round.png", "accuracy_vs_compute.png"]

@@ -1,0 +1,172 @@
+"""The field's methods side by side under the study's premise: devices at different exit levels.
+
+    mefl methods --task har --seeds 0 1 2 --run-config conf/methods/har.toml --out results/methods/har
+
+For every seed: the reference ``all-deep`` (the study's method, every client at the deepest exit
+level) and each method of ``--methods`` with a third of the clients at each exit level (partition
+ids in thirds, ``exit-profile``), all on the same shards and initial model (``seed`` and
+``partition-seed`` are the seed). Completed runs are skipped, stopped ones continued (campaigns.py);
+``report.md`` and plots are rewritten from the results files.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from flwr.common.config import parse_config_args
+
+from mefl_app.server.run_folder import ACCURACY_KINDS
+from mefl_app.settings import METHODS, SettingsError
+
+from .campaigns import collect, run_configs
+from .exits import profile
+from .plots import method_plots
+from .report_text import KIND_TITLES, tuning_note
+from .stats import mean_std, rounds_mean
+
+REFERENCE = "all-deep"
+LAST_ROUNDS = 5  # a last-round number alone hides how much the final rounds swing
+
+
+def configs_for(task: str, seeds: Sequence[int], methods: Sequence[str], clients: int, run_config: str) -> dict:
+    """Every run of the campaign. A run-config file may hold a table per method (``[study]``,
+    ``[depthfl]``, ...; ``[study]`` also reaches the reference) for settings tuned per method."""
+    overrides = parse_config_args([run_config]) if run_config else {}
+    common = {k: v for k, v in overrides.items() if "." not in k}
+    own = {m: {k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith(f"{m}.")} for m in METHODS}
+    tables = {k.split(".", 1)[0] for k in overrides if "." in k}
+    if tables - set(METHODS):
+        raise SettingsError(
+            f"run-config tables {sorted(tables - set(METHODS))} name no method; mefl has {', '.join(METHODS)}"
+        )
+    configs = {}
+    for seed in seeds:
+        base = {**common, "task": task, "seed": seed, "partition-seed": seed}
+        configs[f"{REFERENCE}-seed{seed}"] = {**base, **own["study"], "method": "study", "exit-profile": ""}
+        for method in methods:
+            configs[f"{method}-seed{seed}"] = {
+                **base,
+                **own[method],
+                "method": method,
+                "exit-profile": profile(clients, 3),
+            }
+    return configs
+
+
+def run_campaign(
+    task,
+    seeds,
+    methods,
+    out: Path,
+    clients: int,
+    run_config: str,
+    cpus_per_client: int,
+    gpus_per_client: float = 0.0,
+    command: str = "",
+) -> list[str]:
+    configs = configs_for(task, seeds, methods, clients, run_config)
+    return run_configs(configs, out, clients, cpus_per_client, gpus_per_client=gpus_per_client, command=command)
+
+
+def accuracy(results: dict[str, Any], kind: str, exit_name: str, last: int = 1) -> float | None:
+    """Mean accuracy over the run's last ``last`` rounds (None if a round lacks it)."""
+    values = [r.get(kind, {}).get(exit_name, {}).get("accuracy") for r in results["rounds"][-last:]]
+    return None if not values or None in values else statistics.fmean(values)
+
+
+def ensemble(results: dict[str, Any], kind: str, last: int = 1) -> float | None:
+    values = [r.get(f"{kind}_ensemble", {}).get("accuracy") for r in results["rounds"][-last:]]
+    return None if not values or None in values else statistics.fmean(values)
+
+
+def _gap(runs: dict, reference: dict, kind: str, exit_name: str) -> str:
+    """Per seed the method minus the reference (mean of the last rounds), mean ± std, in points."""
+    gaps = [
+        accuracy(runs[s], kind, exit_name, LAST_ROUNDS) - accuracy(reference[s], kind, exit_name, LAST_ROUNDS)
+        for s in sorted(runs.keys() & reference.keys())
+        if accuracy(runs[s], kind, exit_name, LAST_ROUNDS) is not None
+        and accuracy(reference[s], kind, exit_name, LAST_ROUNDS) is not None
+    ]
+    if not gaps:
+        return "n/a"
+    spread = f" ± {100 * statistics.stdev(gaps):.2f}" if len(gaps) > 1 else ""
+    return f"{100 * statistics.fmean(gaps):+.2f}{spread} ({sum(g >= 0 for g in gaps)}/{len(gaps)} ≥ 0)"
+
+
+def write_report(out: Path) -> Path:
+    """report.md and plots from the completed runs under ``out/runs``."""
+    runs = collect(out)
+    if not runs:
+        raise SystemExit(f"no completed results under {out / 'runs'}")
+    first = next(iter(next(iter(runs.values())).values()))
+    exits, task = first["exit_names"], first["run_config"]["task"]
+    order = [REFERENCE] + sorted(name for name in runs if name != REFERENCE)
+    order = [name for name in order if name in runs]
+    lines = [f"# Multi-exit FL methods with clients at different exit levels: {task}", ""]
+    lines += tuning_note(first["run_config"])
+    seeds = ", ".join(f"{n} {sorted(runs[n])}" for n in order)
+    mixed = profile(len(first["partitions"]), 3)
+    lines += [
+        f"Seeds: {seeds}. `{REFERENCE}`: the study's method with every client at the deepest exit level;"
+        f" every other row: a third of the clients at each exit level (`exit-profile` {mixed!r})."
+        f" Accuracy in %, mean ± std over seeds, of the last round and of the mean of the last {LAST_ROUNDS}"
+        " rounds; gap: per seed the method minus the reference (mean of the last rounds), in points.",
+        "",
+    ]
+    for kind in ACCURACY_KINDS:
+        lines += [
+            f"## {KIND_TITLES[kind]}",
+            "",
+            "| method | "
+            + " | ".join(f"{e} last | {e} last {LAST_ROUNDS} | {e} gap" for e in exits)
+            + " | ensemble last | ensemble last 5 |",
+            "|---|" + "---|" * (3 * len(exits) + 2),
+        ]
+        for name in order:
+            cells = []
+            for e in exits:
+                cells += [
+                    mean_std([accuracy(r, kind, e) for r in runs[name].values()]),
+                    mean_std([accuracy(r, kind, e, LAST_ROUNDS) for r in runs[name].values()]),
+                    "—" if name == REFERENCE else _gap(runs[name], runs.get(REFERENCE, {}), kind, e),
+                ]
+            cells += [
+                mean_std([ensemble(r, kind) for r in runs[name].values()]),
+                mean_std([ensemble(r, kind, LAST_ROUNDS) for r in runs[name].values()]),
+            ]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += [
+        "## Cost",
+        "",
+        f"| method | rounds to {100 * first['target_accuracy']:.0f} % (central, deepest exit) | MB sent |"
+        " client training TFLOPs | client training s | wall s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in order:
+        results = list(runs[name].values())
+        rounds = [r["rounds_to_target"].get("central", {}).get(exits[-1]) for r in results]
+        mb = [r["rounds"][-1]["bytes_cumulative"] / 1e6 for r in results]
+        tflops = [sum(sum(x.get("client_train_mflops", {}).values()) for x in r["rounds"]) / 1e6 for r in results]
+        seconds = [sum(sum(x.get("client_train_seconds", {}).values()) for x in r["rounds"]) for r in results]
+        walls = [r["wall_seconds"] for r in results]
+        lines.append(
+            f"| {name} | {rounds_mean(rounds)} | {statistics.fmean(mb):.0f} | {statistics.fmean(tflops):.2f} |"
+            f" {statistics.fmean(seconds):.0f} | {statistics.fmean(walls):.0f} |"
+        )
+    lines += [
+        "",
+        "Client training seconds and wall seconds are measured on a shared 2-core machine: compare them"
+        " within one campaign only.",
+        "",
+    ]
+    notes = out / "notes.md"
+    if notes.exists():
+        lines += [notes.read_text().strip(), ""]
+    lines += ["## Plots", ""] + [f"![{name}]({name})" for name in method_plots(out, runs, order, exits)] + [""]
+    report = out / "report.md"
+    report.write_text("\n".join(lines))
+    return report

@@ -25,10 +25,9 @@ from .campaigns import collect, run_configs
 from .exits import profile
 from .plots import method_plots
 from .report_text import KIND_TITLES, tuning_note
-from .stats import mean_std, rounds_mean
+from .stats import LAST_ROUNDS, mean_accuracy, mean_std, rounds_mean
 
 REFERENCE = "all-deep"
-LAST_ROUNDS = 5  # a last-round number alone hides how much the final rounds swing
 
 
 def configs_for(task: str, seeds: Sequence[int], methods: Sequence[str], clients: int, run_config: str) -> dict:
@@ -71,12 +70,6 @@ def run_campaign(
     return run_configs(configs, out, clients, cpus_per_client, gpus_per_client=gpus_per_client, command=command)
 
 
-def accuracy(results: dict[str, Any], kind: str, exit_name: str, last: int = 1) -> float | None:
-    """Mean accuracy over the run's last ``last`` rounds (None if a round lacks it)."""
-    values = [r.get(kind, {}).get(exit_name, {}).get("accuracy") for r in results["rounds"][-last:]]
-    return None if not values or None in values else statistics.fmean(values)
-
-
 def ensemble(results: dict[str, Any], kind: str, last: int = 1) -> float | None:
     values = [r.get(f"{kind}_ensemble", {}).get("accuracy") for r in results["rounds"][-last:]]
     return None if not values or None in values else statistics.fmean(values)
@@ -85,10 +78,10 @@ def ensemble(results: dict[str, Any], kind: str, last: int = 1) -> float | None:
 def _gap(runs: dict, reference: dict, kind: str, exit_name: str) -> str:
     """Per seed the method minus the reference (mean of the last rounds), mean ± std, in points."""
     gaps = [
-        accuracy(runs[s], kind, exit_name, LAST_ROUNDS) - accuracy(reference[s], kind, exit_name, LAST_ROUNDS)
+        mean_accuracy(runs[s], kind, exit_name, LAST_ROUNDS) - mean_accuracy(reference[s], kind, exit_name, LAST_ROUNDS)
         for s in sorted(runs.keys() & reference.keys())
-        if accuracy(runs[s], kind, exit_name, LAST_ROUNDS) is not None
-        and accuracy(reference[s], kind, exit_name, LAST_ROUNDS) is not None
+        if mean_accuracy(runs[s], kind, exit_name, LAST_ROUNDS) is not None
+        and mean_accuracy(reference[s], kind, exit_name, LAST_ROUNDS) is not None
     ]
     if not gaps:
         return "n/a"
@@ -129,8 +122,8 @@ def write_report(out: Path) -> Path:
             cells = []
             for e in exits:
                 cells += [
-                    mean_std([accuracy(r, kind, e) for r in runs[name].values()]),
-                    mean_std([accuracy(r, kind, e, LAST_ROUNDS) for r in runs[name].values()]),
+                    mean_std([mean_accuracy(r, kind, e) for r in runs[name].values()]),
+                    mean_std([mean_accuracy(r, kind, e, LAST_ROUNDS) for r in runs[name].values()]),
                     "—" if name == REFERENCE else _gap(runs[name], runs.get(REFERENCE, {}), kind, e),
                 ]
             cells += [

@@ -19,7 +19,7 @@ from mefl_app.server.run_folder import ACCURACY_KINDS
 from .campaigns import LOSS_KEYS, PER_RUN_KEYS, collect
 from .plots import accuracy_plots
 from .report_text import KIND_TITLES, tuning_note
-from .stats import final_accuracy, mean_std, megabytes, paired_summary, rounds_mean, saving
+from .stats import LAST_ROUNDS, final_accuracy, mean_accuracy, mean_std, megabytes, paired_summary, rounds_mean, saving
 
 # What the study (Shin & Ko) published and we were given; None where we have no number.
 STUDY = {
@@ -95,16 +95,20 @@ def write_report(out: Path, se_from: Path | None = None) -> Path:
         " the study's personalized accuracy as we read it: every client's model after its local"
         " training, scored on that client's own local test part, pooled over clients.",
         "",
-        "| accuracy | multi-exit | single-exit | study (multi-exit) |",
-        "|---|---|---|---|",
+        f"| accuracy | multi-exit | single-exit | study (multi-exit) | multi-exit, last {LAST_ROUNDS} rounds |"
+        f" single-exit, last {LAST_ROUNDS} rounds |",
+        "|---|---|---|---|---|---|",
     ]
     for kind in ACCURACY_KINDS:
         study_value = study.get("personalized_me") if kind == "personalized" else None
+
+        def over_seeds(runs: dict, variant: str, last: int = 1, kind: str = kind) -> str:
+            return mean_std([mean_accuracy(r, kind, deepest[variant], last) for r in runs.values()]) if runs else "n/a"
+
         lines.append(
-            f"| {KIND_TITLES[kind]} | "
-            f"{mean_std([final_accuracy(r, kind, deepest['me']) for r in me.values()]) if me else 'n/a'} | "
-            f"{mean_std([final_accuracy(r, kind, deepest['se']) for r in se.values()]) if se else 'n/a'} | "
-            f"{f'{100 * study_value:.2f}' if study_value else 'n/a'} |"
+            f"| {KIND_TITLES[kind]} | {over_seeds(me, 'me')} | {over_seeds(se, 'se')} | "
+            f"{f'{100 * study_value:.2f}' if study_value else 'n/a'} | "
+            f"{over_seeds(me, 'me', LAST_ROUNDS)} | {over_seeds(se, 'se', LAST_ROUNDS)} |"
         )
     lines.append("")
     lines += _per_seed(me, se, deepest)
@@ -146,6 +150,19 @@ def write_report(out: Path, se_from: Path | None = None) -> Path:
             lines.append(
                 f"| {kind} | "
                 + " | ".join(mean_std([final_accuracy(r, kind, e) for r in me.values()]) for e in exits)
+                + " |"
+            )
+        lines += [
+            "",
+            f"The same, mean of the last {LAST_ROUNDS} rounds:",
+            "",
+            "| accuracy | " + " | ".join(exits) + " |",
+            "|---|" + "---|" * len(exits),
+        ]
+        for kind in ACCURACY_KINDS:
+            lines.append(
+                f"| {kind} | "
+                + " | ".join(mean_std([mean_accuracy(r, kind, e, LAST_ROUNDS) for r in me.values()]) for e in exits)
                 + " |"
             )
         lines.append("")

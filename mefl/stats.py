@@ -8,10 +8,17 @@ from typing import Any
 
 from scipy.stats import binomtest, ttest_1samp
 
+LAST_ROUNDS = 5  # a last-round number alone hides how much the final rounds swing
+
+
+def mean_accuracy(results: dict[str, Any], kind: str, exit_name: str, last: int = 1) -> float | None:
+    """Accuracy averaged over the run's last ``last`` rounds (None if one of them lacks it)."""
+    values = [r.get(kind, {}).get(exit_name, {}).get("accuracy") for r in results["rounds"][-last:]]
+    return None if not values or None in values else statistics.fmean(values)
+
 
 def final_accuracy(results: dict[str, Any], kind: str, exit_name: str) -> float | None:
-    metrics = results["rounds"][-1].get(kind, {}).get(exit_name)
-    return None if metrics is None else metrics["accuracy"]
+    return mean_accuracy(results, kind, exit_name, 1)
 
 
 def mean_std(values: list[float | None]) -> str:

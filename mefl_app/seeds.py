@@ -26,3 +26,8 @@ def validation_split_seed(partition_seed: int, partition_id: int) -> int:
 def central_holdout_seed(partition_seed: int) -> int:
     """The stratified central test set of a task without an official one (HAR)."""
     return partition_seed
+
+
+def server_round_seed(seed: int, server_round: int) -> int:
+    """What the server draws in a round (HypeMeFed's hypernetworks: initialisation, pair order)."""
+    return seed * 1_000_003 + server_round

@@ -19,13 +19,14 @@ from .evaluate import evaluate_exits
 from .runtime_check import check_runtime_environment
 from .server.census import take_census
 from .server.exit_levels import ExitLevelAggregation
+from .server.hypernetwork import HypernetworkFill
 from .server.polling_grid import PollingGrid
 from .server.resume import load_resume_point
 from .server.run_folder import RunRecorder, make_run_dir
 from .server.strategies import build_strategy
 from .server.tracking import TrackingStrategy
 from .settings import RunSettings
-from .task import exit_names, initial_model, level_array_names, load_task_data, model_costs
+from .task import exit_names, hypernetwork_pairs, initial_model, level_array_names, load_task_data, model_costs
 
 app = ServerApp()
 
@@ -56,6 +57,14 @@ def main(grid: Grid, context: Context) -> None:
 
         # Flower's strategy, aware of exit levels, observed by the tracking wrapper
         levels = ExitLevelAggregation(strategy, level_array_names(settings, data.num_classes, data.input_shape))
+        if settings.hypernetwork_rank > 0:  # HypeMeFed: fill the missing deeper layers first
+            levels = HypernetworkFill(
+                levels,
+                hypernetwork_pairs(settings),
+                settings.hypernetwork_rank,
+                settings.hypernetwork_epochs,
+                seed=settings.seed,
+            )
         tracked = TrackingStrategy(levels, recorder, settings.min_train_replies, offset, settings.min_train_fraction)
         # Clients build their model from what the server announces, and refuse other data.
         announced = {"num-classes": data.num_classes, "input-shape": list(data.input_shape)}

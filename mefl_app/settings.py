@@ -43,6 +43,9 @@ METHODS: dict[str, dict[str, Any]] = {
     },
     # ScaleFL's depth part (Ilhan et al., CVPR 2023): exits weighted by depth, distillation from the
     # local deepest exit added to the labels' loss after a warm-up of a quarter of the rounds
+    # HypeMeFed (Shin et al., 2024): hypernetworks fill the deeper layers of the clients that could
+    # not train them, before aggregation; the plain sum of cross-entropies (C = 0)
+    "hypemefed": {"distill-weight": 0.0, "hypernetwork-rank": 100},
     "scalefl": {
         "distill-teacher": "last-additive",
         "distill-weight": 0.05,
@@ -124,6 +127,8 @@ class RunSettings:
     distill_ramp: float = 0.0
     distill_warmup: float = 0.0
     method: str = "study"
+    hypernetwork_rank: int = 0
+    hypernetwork_epochs: int = 25
     # local training
     local_epochs: int = 5
     batch_size: int = 32
@@ -379,6 +384,8 @@ _RULES = {
     "norm": _one_of(NORMS),
     "distill_teacher": _one_of(TEACHERS),
     "distill_ramp": _between(0, 1, closed="both"),
+    "hypernetwork_rank": _at_least(0),
+    "hypernetwork_epochs": _at_least(1),
     "distill_warmup": _between(0, 1, closed="low"),
     "device": _one_of(DEVICES),
     "partition_by": _one_of(PARTITION_BY),

@@ -107,6 +107,15 @@ def level_array_names(settings: RunSettings, num_classes: int, input_shape: tupl
     }
 
 
+def hypernetwork_pairs(settings: RunSettings) -> list[tuple[str, str]]:
+    """(shallower, deeper) weights of consecutive blocks (the ResNet's two convolutions) or layers
+    (the LSTM's input and recurrent weights), shallow to deep: what HypeMeFed's hypernetworks map."""
+    blocks = range(settings.exit_positions[-1] - 1)
+    if settings.task == "har":
+        return [(f"layers.{b}.{n}", f"layers.{b + 1}.{n}") for b in blocks for n in ("weight_ih_l0", "weight_hh_l0")]
+    return [(f"blocks.{b}.{n}.weight", f"blocks.{b + 1}.{n}.weight") for b in blocks for n in ("conv1", "conv2")]
+
+
 def exit_names(settings: RunSettings) -> list[str]:
     """Exit labels by the block/layer they follow, so single- and multi-exit runs line up."""
     unit = "block" if settings.task == "fmnist" else "layer"

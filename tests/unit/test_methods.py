@@ -167,7 +167,7 @@ def test_a_method_fills_the_keys_left_at_their_default_and_keeps_the_others():
     )
     assert RunSettings.from_run_config({"method": "exclusive"}).exit_training == "exclusive"
     assert RunSettings.from_run_config({}) == RunSettings()  # the study: nothing changes
-    with pytest.raises(SettingsError, match="method must be one of study, exclusive, depthfl, scalefl"):
+    with pytest.raises(SettingsError, match="method must be one of study, exclusive, depthfl, hypemefed, scalefl"):
         RunSettings.from_run_config({"method": "fedbn"})
 
 
@@ -178,3 +178,39 @@ def test_a_strategy_that_cannot_aggregate_mixed_exit_levels_is_refused_before_ro
     with pytest.raises(SettingsError, match="cannot aggregate the partial uploads of clients at different exit levels"):
         RunSettings.from_run_config({"exit-profile": "1:1,3:2", **config})
     RunSettings.from_run_config({"exit-profile": "3:3", **config})  # one level: every reply is the whole model
+
+
+def test_the_hypernetwork_generates_the_next_layers_shape_and_learns_through_its_maps():
+    from mefl_app.server.hypernetwork import LowRankHypernetwork
+
+    network = LowRankHypernetwork((16, 16, 3, 3), (32, 16, 3, 3), rank=100)
+    assert network.rank == 48  # capped by the (16 x 3) x (16 x 3) view of the source
+    source = torch.randn(16, 16, 3, 3)
+    out = network(source)
+    assert out.shape == (32, 16, 3, 3)
+    F.mse_loss(out, torch.randn(32, 16, 3, 3)).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in network.parameters())
+    lstm = LowRankHypernetwork((256, 3), (256, 64), rank=8)
+    assert lstm(torch.randn(256, 3)).shape == (256, 64)
+
+
+def test_hypernetworks_fill_only_the_layers_a_client_did_not_send():
+    from mefl_app.server.hypernetwork import HypernetworkFill
+
+    class Keep:  # a wrapped strategy that shows what it was handed
+        def aggregate_train(self, server_round, replies):
+            self.seen = [next(iter(m.content.array_records.values())) for m in replies]
+            return None, None
+
+    pairs = [("s", "t"), ("t", "u")]
+    shallow = _reply({"s": np.ones((4, 2))}, 0)
+    deep = _reply({"s": np.ones((4, 2)), "t": np.full((6, 2), 2.0), "u": np.zeros((6, 2))}, 1)
+    fill = HypernetworkFill(Keep(), pairs, rank=2, epochs=3, seed=0)
+    fill.aggregate_train(1, [shallow, deep])
+    shallow_after, deep_after = fill.inner.seen
+    assert set(shallow_after.keys()) == {"s", "t", "u"}  # t from s, then u from the generated t
+    assert shallow_after["t"].numpy().shape == (6, 2) and shallow_after["u"].numpy().shape == (6, 2)
+    np.testing.assert_array_equal(shallow_after["s"].numpy(), np.ones((4, 2)))  # what it sent stays
+    for name in ("s", "t", "u"):  # a client that sent everything is left as it was
+        np.testing.assert_array_equal(deep_after[name].numpy(), deep.content["arrays"][name].numpy())
+    assert set(fill.networks) == {("s", "t"), ("t", "u")}  # trained on the deep client's pairs

@@ -1,0 +1,142 @@
+"""HypeMeFed's hypernetworks (Shin et al., 2024; ``eis-lab/HypeMeFed``): before aggregation, the
+server generates the deeper layers a client could not train from the shallower ones it did.
+
+One low-rank hypernetwork per pair of consecutive layers (``LowRankHypernetwork``, HypeMeFed's
+``LRFConvHyperNetwork``): the trained shallower weight W_s (o x i x k x k, viewed as (o k) x (i k))
+is factored by a rank-r SVD into A = (U_r S_r^1/2)^T and B = S_r^1/2 V_r^T; two MLPs map A to
+(r x i' k) and B to (r x o' k); the generated deeper weight is ``map_B(B)^T map_A(A)``, viewed as
+o' x i' x k x k. Each round the server trains every hypernetwork on the (W_s, W_t) pairs of the
+clients that trained both layers (MSE, Adam, ``hypernetwork-epochs`` passes, one pair a step), then
+fills each client's missing deeper weights from its own trained ones (a generated layer feeds the
+next), and the wrapped strategy averages as usual. Only the paired weights are generated, as in
+HypeMeFed: biases, normalisation layers and exit heads of missing layers are not.
+
+Where mefl departs: the generated weights do enter the aggregate (the released code's write-back,
+``model.state_dict()[name].data = ...``, leaves the model unchanged), and the rank is
+``hypernetwork-rank`` capped by the weight's size (the released code builds them with the round
+counter, 1, as rank).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from torch import nn
+
+from ..seeds import server_round_seed
+
+
+class LowRankHypernetwork(nn.Module):
+    """Maps a trained layer's weight to the next layer's (shapes ``source`` -> ``target``)."""
+
+    def __init__(self, source: Sequence[int], target: Sequence[int], rank: int, hidden: int = 512) -> None:
+        super().__init__()
+        kernel = source[2] if len(source) > 2 else 1
+        if (target[2] if len(target) > 2 else 1) != kernel:
+            raise ValueError(f"a hypernetwork maps weights of one kernel size, got {tuple(source)} -> {tuple(target)}")
+        self.source, self.target, self.kernel = tuple(source), tuple(target), kernel
+        rows, cols = source[0] * kernel, source[1] * kernel
+        self.rank = max(1, min(rank, rows, cols))
+        self.map_a = nn.Sequential(nn.Linear(rows, hidden), nn.ReLU(), nn.Linear(hidden, target[1] * kernel))
+        self.map_b = nn.Sequential(nn.Linear(cols, hidden), nn.ReLU(), nn.Linear(hidden, target[0] * kernel))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():  # the factors are the input, not something to learn through
+            u, s, vh = torch.linalg.svd(weight.reshape(self.source[0] * self.kernel, -1), full_matrices=False)
+            root = s[: self.rank].sqrt()
+            a, b = (u[:, : self.rank] * root).T, root[:, None] * vh[: self.rank]
+        return (self.map_b(b).T @ self.map_a(a)).reshape(self.target)
+
+
+class HypernetworkFill(Strategy):
+    """Wraps a strategy: trains the hypernetworks on this round's uploads, fills each upload's
+    missing deeper weights, then lets the wrapped strategy aggregate the filled uploads."""
+
+    def __init__(
+        self,
+        inner: Strategy,
+        pairs: Sequence[tuple[str, str]],
+        rank: int,
+        epochs: int = 25,
+        learning_rate: float = 5e-4,
+        seed: int = 0,
+    ) -> None:
+        self.inner = inner
+        self.pairs = list(pairs)  # (source, target) array names, shallow to deep
+        self.rank, self.epochs, self.learning_rate, self.seed = rank, epochs, learning_rate, seed
+        self.networks: dict[tuple[str, str], LowRankHypernetwork] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def summary(self) -> None:
+        self.inner.summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.inner.configure_train(server_round, arrays, config, grid)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.inner.aggregate_evaluate(server_round, replies)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        uploads = {i: next(iter(m.content.array_records.values())) for i, m in enumerate(replies) if not m.has_error()}
+        generator = torch.Generator().manual_seed(server_round_seed(self.seed, server_round))
+        for pair in self.pairs:
+            self._train(
+                pair, [(u[pair[0]], u[pair[1]]) for u in uploads.values() if pair[0] in u and pair[1] in u], generator
+            )
+        filled = []
+        for i, message in enumerate(replies):
+            if i not in uploads or all(target in uploads[i] for _, target in self.pairs):
+                filled.append(message)
+                continue
+            arrays = {name: uploads[i][name] for name in uploads[i].keys()}
+            for source, target in self.pairs:
+                if source in arrays and target not in arrays and (source, target) in self.networks:
+                    with torch.no_grad():
+                        weight = torch.from_numpy(arrays[source].numpy().astype(np.float32))
+                        arrays[target] = Array(self.networks[(source, target)](weight).numpy())
+            content = RecordDict(
+                {
+                    key: ArrayRecord(arrays) if isinstance(record, ArrayRecord) else record
+                    for key, record in message.content.items()
+                }
+            )
+            copy = Message(content, dst_node_id=0, message_type=message.metadata.message_type)
+            copy.metadata.__dict__["_src_node_id"] = message.metadata.src_node_id
+            filled.append(copy)
+        return self.inner.aggregate_train(server_round, filled)
+
+    def _train(self, pair: tuple[str, str], examples: list[tuple[Array, Array]], generator: torch.Generator) -> None:
+        if not examples:
+            return
+        sources = [torch.from_numpy(s.numpy().astype(np.float32)) for s, _ in examples]
+        targets = [torch.from_numpy(t.numpy().astype(np.float32)) for _, t in examples]
+        if pair not in self.networks:
+            with torch.random.fork_rng():
+                torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
+                self.networks[pair] = LowRankHypernetwork(sources[0].shape, targets[0].shape, self.rank)
+        network = self.networks[pair]
+        optimizer = torch.optim.Adam(network.parameters(), lr=self.learning_rate)  # anew each round, as HypeMeFed
+        for _ in range(self.epochs):
+            for j in torch.randperm(len(examples), generator=generator).tolist():
+                loss = nn.functional.mse_loss(network(sources[j]), targets[j])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()

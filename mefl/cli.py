@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from mefl_app.data.tensors import DataError
@@ -50,44 +51,39 @@ def _add_campaign_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="the campaign folder")
 
 
-def _study(args: argparse.Namespace) -> int:
-    if args.se_from is not None and "se" in args.variants:
-        raise SettingsError("--se-from takes the single-exit runs from another folder: use --variants me")
-    interrupt_on_termination()  # `kill` stops the campaign's Ray cluster and SuperLink too
-    failed = study.run_campaign(
-        args.task,
-        args.seeds,
-        args.variants,
-        args.out,
-        args.clients,
-        args.run_config,
-        args.cpus_per_client,
-        gpus_per_client=args.gpus_per_client,
-        command=args.command_line,
-    )
-    if len(failed) < len(args.seeds) * len(args.variants):  # a report needs a completed run
-        print(f"report: {report.write_report(args.out, args.se_from)}")
-    return _not_completed(failed)
-
-
-def _methods(args: argparse.Namespace) -> int:
+def _campaign(args: argparse.Namespace, configs: dict[str, dict], write_report: Callable[[], Path]) -> int:
+    """Run the configurations (unless ``--report-only``), then the report if any run completed."""
     failed = []
-    if not args.report_only:
+    if not getattr(args, "report_only", False):
         interrupt_on_termination()  # `kill` stops the campaign's Ray cluster and SuperLink too
-        failed = methods.run_campaign(
-            args.task,
-            args.seeds,
-            args.methods,
+        failed = run_configs(
+            configs,
             args.out,
             args.clients,
-            args.run_config,
             args.cpus_per_client,
             gpus_per_client=args.gpus_per_client,
             command=args.command_line,
         )
-    if args.report_only or len(failed) < len(args.seeds) * (len(args.methods) + 1):  # a report needs a run
-        print(f"report: {methods.write_report(args.out)}")
+    if len(failed) < len(configs):
+        print(f"report: {write_report()}")
     return _not_completed(failed)
+
+
+def _study(args: argparse.Namespace) -> int:
+    if args.se_from is not None and "se" in args.variants:
+        raise SettingsError("--se-from takes the single-exit runs from another folder: use --variants me")
+    configs = study.configs_for(args.task, args.seeds, args.variants, args.run_config)
+    return _campaign(args, configs, lambda: report.write_report(args.out, args.se_from))
+
+
+def _methods(args: argparse.Namespace) -> int:
+    configs = methods.configs_for(args.task, args.seeds, args.methods, args.clients, args.run_config)
+    return _campaign(args, configs, lambda: methods.write_report(args.out))
+
+
+def _exits(args: argparse.Namespace) -> int:
+    configs = exits.configs_for(args.task, args.rounds, args.clients, args.run_config)
+    return _campaign(args, configs, lambda: exits.write_report(args.out))
 
 
 def _not_completed(failed: list[str]) -> int:
@@ -121,24 +117,6 @@ def _report(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     print(f"comparison: {compare.write_comparison(args.folders, args.out)}")
     return 0
-
-
-def _exits(args: argparse.Namespace) -> int:
-    failed = []
-    if not args.report_only:
-        interrupt_on_termination()  # `kill` stops the Ray cluster and SuperLink too
-        configs = exits.configs_for(args.task, args.rounds, args.clients, args.run_config)
-        failed = run_configs(
-            configs,
-            args.out,
-            args.clients,
-            args.cpus_per_client,
-            gpus_per_client=args.gpus_per_client,
-            command=args.command_line,
-        )
-    if args.report_only or len(failed) < len(exits.CONFIGS):  # a report needs a completed run
-        print(f"report: {exits.write_report(args.out)}")
-    return _not_completed(failed)
 
 
 def build_parser() -> argparse.ArgumentParser:

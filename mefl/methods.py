@@ -21,7 +21,7 @@ from flwr.common.config import parse_config_args
 from mefl_app.server.run_folder import ACCURACY_KINDS
 from mefl_app.settings import METHODS, SettingsError
 
-from .campaigns import collect, run_configs
+from .campaigns import collect
 from .exits import profile
 from .plots import method_plots
 from .report_text import KIND_TITLES, tuning_note
@@ -53,21 +53,6 @@ def configs_for(task: str, seeds: Sequence[int], methods: Sequence[str], clients
                 "exit-profile": profile(clients, 3),
             }
     return configs
-
-
-def run_campaign(
-    task,
-    seeds,
-    methods,
-    out: Path,
-    clients: int,
-    run_config: str,
-    cpus_per_client: int,
-    gpus_per_client: float = 0.0,
-    command: str = "",
-) -> list[str]:
-    configs = configs_for(task, seeds, methods, clients, run_config)
-    return run_configs(configs, out, clients, cpus_per_client, gpus_per_client=gpus_per_client, command=command)
 
 
 def ensemble(results: dict[str, Any], kind: str, last: int = 1) -> float | None:

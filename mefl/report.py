@@ -140,31 +140,13 @@ def write_report(out: Path, se_from: Path | None = None) -> Path:
     # Table 3
     if me:
         exits = next(iter(me.values()))["exit_names"]
-        lines += [
-            "## Table 3: multi-exit model, accuracy per exit after the last round (%, mean ± std)",
-            "",
-            "| accuracy | " + " | ".join(exits) + " |",
-            "|---|" + "---|" * len(exits),
-        ]
-        for kind in ACCURACY_KINDS:
-            lines.append(
-                f"| {kind} | "
-                + " | ".join(mean_std([final_accuracy(r, kind, e) for r in me.values()]) for e in exits)
-                + " |"
-            )
-        lines += [
-            "",
-            f"The same, mean of the last {LAST_ROUNDS} rounds:",
-            "",
-            "| accuracy | " + " | ".join(exits) + " |",
-            "|---|" + "---|" * len(exits),
-        ]
-        for kind in ACCURACY_KINDS:
-            lines.append(
-                f"| {kind} | "
-                + " | ".join(mean_std([mean_accuracy(r, kind, e, LAST_ROUNDS) for r in me.values()]) for e in exits)
-                + " |"
-            )
+        lines += ["## Table 3: multi-exit model, accuracy per exit after the last round (%, mean ± std)"]
+        for last, title in ((1, ""), (LAST_ROUNDS, f"The same, mean of the last {LAST_ROUNDS} rounds:")):
+            lines += ["", *([title, ""] if title else []), "| accuracy | " + " | ".join(exits) + " |"]
+            lines.append("|---|" + "---|" * len(exits))
+            for kind in ACCURACY_KINDS:
+                cells = [mean_std([mean_accuracy(r, kind, e, last) for r in me.values()]) for e in exits]
+                lines.append(f"| {kind} | " + " | ".join(cells) + " |")
         lines.append("")
 
     lines += _targets(task, me, se, deepest)

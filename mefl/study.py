@@ -12,32 +12,18 @@ stopped ones continued (see campaigns.py); the report is rewritten at the end.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 from flwr.common.config import parse_config_args
 
-from .campaigns import VARIANTS, run_configs
+from .campaigns import VARIANTS
 
 
-def run_campaign(
-    task: str,
-    seeds: Sequence[int],
-    variants: Sequence[str],
-    out: Path,
-    clients: int,
-    run_config: str,
-    cpus_per_client: int,
-    log=print,
-    gpus_per_client: float = 0.0,
-    command: str = "",
-) -> list[str]:
+def configs_for(task: str, seeds: Sequence[int], variants: Sequence[str], run_config: str) -> dict[str, dict]:
     """ME and SE for every seed; a seed sets both ``seed`` and ``partition-seed``, so the two
-    variants of a seed see identical shards and initial backbones. Returns the runs that did not
-    complete."""
+    variants of a seed see identical shards and initial backbones."""
     overrides = parse_config_args([run_config]) if run_config else {}
-    configs = {
+    return {
         f"{v}-seed{s}": {**overrides, "task": task, "multi-exit": VARIANTS[v], "seed": s, "partition-seed": s}
         for s in seeds
         for v in variants
     }
-    return run_configs(configs, out, clients, cpus_per_client, log, gpus_per_client, command)

@@ -12,18 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
-from helpers import REPO, only_results, write_idx_fashion_mnist, write_unimib_shar
+from helpers import REPO, only_results, write_unimib_shar
 
 from mefl import cli
 from mefl.runtime.processes import descendants, process_alive
 from mefl.runtime.simulation import SimulationSuperLink
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not Path("/proc").is_dir(), reason="watches processes through /proc")]
-
-
-@pytest.fixture(scope="module")
-def fmnist_dir(tmp_path_factory):
-    return write_idx_fashion_mnist(tmp_path_factory.mktemp("data"), n_train=300, n_test=60)
 
 
 def _strict(path: Path) -> dict:
@@ -58,10 +53,12 @@ def _config(data_dir, tmp_path, **extra) -> dict:
     return {"data-dir": data_dir, "output-dir": tmp_path / "out", "local-epochs": 1, "min-partition-size": 10, **extra}
 
 
-def test_a_diverging_run_fails_and_the_campaign_command_says_so(tmp_path, fmnist_dir, capsys):
+def test_a_diverging_run_fails_and_the_campaign_command_says_so(tmp_path, small_fmnist, capsys):
     """A learning rate far too large: the clients' losses turn NaN; the run must not complete."""
     out = tmp_path / "campaign"
-    config = f"data-dir='{fmnist_dir}' learning-rate=1000000.0 local-epochs=1 min-partition-size=10 num-server-rounds=3"
+    config = (
+        f"data-dir='{small_fmnist}' learning-rate=1000000.0 local-epochs=1 min-partition-size=10 num-server-rounds=3"
+    )
     argv = ["study", "--task", "fmnist", "--seeds", "0", "--variants", "me", "--clients", "2", "--out", str(out)]
     assert cli.main([*argv, "--run-config", config]) == 1
     assert "1 run(s) did not complete: me-seed0" in capsys.readouterr().err
@@ -78,8 +75,10 @@ def test_a_diverging_run_fails_and_the_campaign_command_says_so(tmp_path, fmnist
         ("3:1", "covers 1 clients, the federation has 2 partitions"),
     ],
 )
-def test_an_exit_profile_that_does_not_fit_the_federation_fails_before_round_1(tmp_path, fmnist_dir, profile, message):
-    results, _ = _run_watching(tmp_path, _config(fmnist_dir, tmp_path, **{"exit-profile": profile}), clients=2)
+def test_an_exit_profile_that_does_not_fit_the_federation_fails_before_round_1(
+    tmp_path, small_fmnist, profile, message
+):
+    results, _ = _run_watching(tmp_path, _config(small_fmnist, tmp_path, **{"exit-profile": profile}), clients=2)
     assert results["status"] == "failed" and "FederationError" in results["error"] and message in results["error"]
     assert results["rounds"] == [] and "federation" not in results
 
@@ -94,7 +93,7 @@ def test_one_non_finite_value_in_the_har_files_fails_before_round_1_naming_the_f
     assert "acc_data.mat: 1 non-finite value(s) (NaN or Inf) in 1 window(s), the first in row 8" in results["error"]
 
 
-def test_a_dead_simulation_worker_fails_the_run_naming_it(tmp_path, fmnist_dir):
+def test_a_dead_simulation_worker_fails_the_run_naming_it(tmp_path, small_fmnist):
     """SIGKILL one of the Ray client actors once round 1 has started: Flower's backend cannot
     restart it and would keep sending it messages, so the run stops, naming the dead worker."""
     killed = []
@@ -113,7 +112,7 @@ def test_a_dead_simulation_worker_fails_the_run_naming_it(tmp_path, fmnist_dir):
                 continue
         return kill_one_actor
 
-    config = _config(fmnist_dir, tmp_path, **{"num-server-rounds": 20})
+    config = _config(small_fmnist, tmp_path, **{"num-server-rounds": 20})
     results, _ = _run_watching(tmp_path, config, clients=4, during=kill_one_actor)
     assert killed, "no client actor found to kill"
     assert results["status"] == "failed" and "DeadWorker" in results["error"], results.get("error")
@@ -121,7 +120,7 @@ def test_a_dead_simulation_worker_fails_the_run_naming_it(tmp_path, fmnist_dir):
     assert len(results["rounds"]) < 20
 
 
-def test_only_results_is_strict_json_for_a_good_run(tmp_path, fmnist_dir):
-    results, _ = _run_watching(tmp_path, _config(fmnist_dir, tmp_path, **{"num-server-rounds": 1}), clients=2)
+def test_only_results_is_strict_json_for_a_good_run(tmp_path, small_fmnist):
+    results, _ = _run_watching(tmp_path, _config(small_fmnist, tmp_path, **{"num-server-rounds": 1}), clients=2)
     assert results["status"] == "completed" and sorted(results["federation"]) == ["0", "1"]
     assert only_results(tmp_path / "out")["status"] == "completed"

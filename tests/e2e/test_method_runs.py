@@ -2,30 +2,18 @@
 clients at each exit level: each completes and records the ensemble beside the exits."""
 
 import pytest
-from helpers import REPO, only_results, write_idx_fashion_mnist
+from helpers import REPO, only_results
 
-from mefl.runtime.simulation import SimulationSuperLink
 from mefl_app.settings import METHODS
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def superlink(tmp_path_factory):
-    with SimulationSuperLink(tmp_path_factory.mktemp("flwr-home")) as link:
-        yield link
-
-
-@pytest.fixture(scope="module")
-def fmnist_dir(tmp_path_factory):
-    return write_idx_fashion_mnist(tmp_path_factory.mktemp("data"), n_train=300, n_test=60)
-
-
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_every_method_runs_two_rounds_with_clients_at_every_exit_level(superlink, fmnist_dir, tmp_path, method):
+def test_every_method_runs_two_rounds_with_clients_at_every_exit_level(superlink, small_fmnist, tmp_path, method):
     config = {
         "method": method,
-        "data-dir": fmnist_dir,
+        "data-dir": small_fmnist,
         "output-dir": tmp_path / "out",
         "num-server-rounds": 2,
         "local-epochs": 1,

@@ -4,15 +4,7 @@ in the real Fashion-MNIST file format."""
 import pytest
 from helpers import REPO, only_results, write_idx_fashion_mnist, write_unimib_shar
 
-from mefl.runtime.simulation import SimulationSuperLink
-
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def superlink(tmp_path_factory):
-    with SimulationSuperLink(tmp_path_factory.mktemp("flwr-home")) as link:
-        yield link
 
 
 @pytest.fixture(scope="module")

@@ -42,6 +42,11 @@ def _add_se_from(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_task_and_seeds(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", choices=["fmnist", "har"], required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one run per seed and configuration")
+
+
 def _add_campaign_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clients", type=int, default=24, help="simulated SuperNodes (num-supernodes)")
     add_client_resources(parser)
@@ -128,8 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run ME and SE for every seed (skips completed runs), then report",
         description=study.__doc__.splitlines()[0],
     )
-    run.add_argument("--task", choices=["fmnist", "har"], required=True)
-    run.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    _add_task_and_seeds(run)
     run.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     _add_campaign_options(run)
     _add_se_from(run)
@@ -175,8 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the field's methods side by side, a third of the clients at each exit level, then the report",
         description=methods.__doc__.splitlines()[0],
     )
-    me.add_argument("--task", choices=["fmnist", "har"], required=True)
-    me.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    _add_task_and_seeds(me)
     me.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     _add_campaign_options(me)
     me.add_argument("--report-only", action="store_true", help="only rewrite the report from existing results")

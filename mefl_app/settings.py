@@ -23,7 +23,7 @@ DEVICES = ("auto", "cpu", "cuda")
 PARTITION_BY = ("dirichlet", "subject")
 HAR_SUBSETS = ("acc", "adl", "fall")
 DP_MODES = ("none", "fixed", "adaptive")
-EXIT_TRAINING = ("partial", "exclusive")
+EXIT_TRAINING = ("partial", "exclusive", "own-exit")
 DEFAULT_EXITS = {"fmnist": "1,3,5", "har": "1,2,3"}
 DEPTH = {"fmnist": 5, "har": 3}  # residual blocks / LSTM layers
 DEFAULT_TARGET = {"fmnist": 0.75, "har": 0.5}  # the study's rounds-to-target thresholds
@@ -46,6 +46,9 @@ METHODS: dict[str, dict[str, Any]] = {
     # HypeMeFed (Shin et al., 2024): hypernetworks fill the deeper layers of the clients that could
     # not train them, before aggregation; the plain sum of cross-entropies (C = 0)
     "hypemefed": {"distill-weight": 0.0, "hypernetwork-rank": 100},
+    # InclusiveFL (Liu et al., KDD 2022) as DepthFL's baseline runs it: each client trains only its
+    # own last exit (the original's momentum distillation is not in mefl yet: docs/methods.md)
+    "inclusivefl": {"exit-training": "own-exit", "distill-weight": 0.0},
     "scalefl": {
         "distill-teacher": "last-additive",
         "distill-weight": 0.05,
@@ -203,7 +206,7 @@ class RunSettings:
         weights = self.loss_weights()  # parses exit-loss-weights
         if weights:
             for level in sorted(set(levels)):
-                if self.trains_at(level) and not any(weights[:level]):
+                if self.trains_at(level) and not any(self.loss_weights(level)):
                     raise SettingsError(
                         f"exit-loss-weights {self.exit_loss_weights!r} give the level-{level} clients of exit-profile "
                         f"a zero loss (exits 1..{level} all weigh 0): give one of those exits a weight > 0"
@@ -211,8 +214,8 @@ class RunSettings:
 
     def trains_at(self, level: int) -> bool:
         """Whether a client at exit level ``level`` trains (its model: exits 1..level). Under
-        ``exit-training = "partial"`` every level does; under "exclusive" only the deepest."""
-        return self.exit_training == "partial" or level == self.num_exits
+        ``exit-training = "partial"`` or "own-exit" every level does; under "exclusive" only the deepest."""
+        return self.exit_training != "exclusive" or level == self.num_exits
 
     @property
     def exit_positions(self) -> tuple[int, ...]:
@@ -240,6 +243,9 @@ class RunSettings:
     def loss_weights(self, num_exits: int | None = None) -> tuple[float, ...] | None:
         """``exit-loss-weights`` for a model with the first ``num_exits`` exits (default all);
         None: every exit weighs 1. A single-exit model ignores them (plain cross-entropy)."""
+        if self.exit_training == "own-exit" and self.multi_exit:  # only the client's deepest exit learns
+            count = num_exits or self.num_exits
+            return (0.0,) * (count - 1) + (1.0,)
         if not self.exit_loss_weights or not self.multi_exit:
             return None
         exits = self.num_exits  # multi-exit here: every exit

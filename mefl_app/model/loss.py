@@ -30,7 +30,8 @@ def multi_exit_loss(
     teacher: str = "last",
     exit_weights: Sequence[float] | None = None,
 ) -> Tensor:
-    """Sum over exits of each exit's loss, exit k's times ``exit_weights[k]`` (default all 1).
+    """Sum over exits of each exit's loss, exit k's times ``exit_weights[k]`` (default all 1; an
+    exit of weight 0 adds no term, so its head is left alone, weight decay included).
 
     With C = ``distill_weight`` and T = ``temperature``, exit k < K gets
     ``(1 - C) * CE(z_k, y) + C * T^2 * KL(softmax(z_t / T) || softmax(z_k / T))`` where the
@@ -64,6 +65,8 @@ def multi_exit_loss(
     *students, deepest = logits
     total = weights[-1] * F.cross_entropy(deepest, target)
     for k, student in enumerate(students):
+        if weights[k] == 0:  # an exit that does not learn: no term, so its head gets no gradient at all
+            continue
         ce = F.cross_entropy(student, target)
         if distill_weight == 0.0:
             total = total + weights[k] * ce
@@ -79,6 +82,8 @@ def multi_exit_loss(
 def _mutual_loss(logits: Sequence[Tensor], target: Tensor, weight: float, temperature: float, exit_weights) -> Tensor:
     total = None
     for k, student in enumerate(logits):
+        if exit_weights[k] == 0:  # an exit that does not learn: no term, so its head gets no gradient at all
+            continue
         term = F.cross_entropy(student, target)
         if weight > 0 and len(logits) > 1:
             log_student = F.log_softmax(student / temperature, dim=1)

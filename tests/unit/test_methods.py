@@ -167,7 +167,9 @@ def test_a_method_fills_the_keys_left_at_their_default_and_keeps_the_others():
     )
     assert RunSettings.from_run_config({"method": "exclusive"}).exit_training == "exclusive"
     assert RunSettings.from_run_config({}) == RunSettings()  # the study: nothing changes
-    with pytest.raises(SettingsError, match="method must be one of study, exclusive, depthfl, hypemefed, scalefl"):
+    with pytest.raises(
+        SettingsError, match="method must be one of study, exclusive, depthfl, hypemefed, inclusivefl, scalefl"
+    ):
         RunSettings.from_run_config({"method": "fedbn"})
 
 
@@ -214,3 +216,19 @@ def test_hypernetworks_fill_only_the_layers_a_client_did_not_send():
     for name in ("s", "t", "u"):  # a client that sent everything is left as it was
         np.testing.assert_array_equal(deep_after[name].numpy(), deep.content["arrays"][name].numpy())
     assert set(fill.networks) == {("s", "t"), ("t", "u")}  # trained on the deep client's pairs
+
+
+def test_own_exit_training_teaches_each_client_only_its_deepest_exit(task_data):
+    settings = RunSettings.from_run_config({"method": "inclusivefl", "local-epochs": 1, "min-partition-size": 10})
+    assert settings.loss_weights(2) == (0.0, 1.0) and settings.loss_weights(1) == (1.0,)
+    assert all(settings.trains_at(level) for level in (1, 2, 3))
+    RunSettings.from_run_config({"method": "inclusivefl", "exit-profile": "1:1,2:1,3:1"})  # every level has a loss
+    model = build_model(settings, 10, (1, 28, 28), 2)
+    heads = [[p.detach().clone() for p in head.parameters()] for head in model.exits]
+    block = model.blocks[0].conv1.weight.detach().clone()
+    generator = torch.Generator().manual_seed(0)
+    train_local(model, task_data.train, settings, generator=generator, device=torch.device("cpu"))
+    moved = [
+        any(not torch.equal(a, b) for a, b in zip(old, head.parameters())) for old, head in zip(heads, model.exits)
+    ]
+    assert moved == [False, True] and not torch.equal(block, model.blocks[0].conv1.weight)

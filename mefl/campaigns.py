@@ -75,11 +75,19 @@ def is_done(folder: Path, config: dict[str, Any]) -> bool:
     return results is not None and len(results["rounds"]) >= rounds_wanted(config)
 
 
+def settings_of(config: dict[str, Any]) -> RunSettings:
+    """The settings a run of ``config`` gets: the app's defaults, the overrides, its method's preset."""
+    checked = {
+        k: str(v) if isinstance(v, Path) else v for k, v in config.items() if k not in ("output-dir", "resume-from")
+    }
+    return RunSettings.from_app_dir(APP_DIR, checked)
+
+
 def stopped_attempt(folder: Path, config: dict[str, Any]) -> Path | None:
     """The newest attempt under ``folder`` with a checkpoint short of the configuration's rounds
     -- stopped, or completed with fewer rounds -- to continue instead of starting over (not for
     strategies whose server state a checkpoint lacks)."""
-    if keeps_server_state(config.get("strategy", RunSettings.strategy), config.get("dp", RunSettings.dp)):
+    if keeps_server_state(settings_of(config)):
         return None
     for path in sorted(folder.glob("*/results.json"), reverse=True):
         checkpoint = checkpoint_of(path.parent, json.loads(path.read_text()))
@@ -102,8 +110,7 @@ def run_configs(
     ``cpus_per_client`` cores and ``gpus_per_client`` of a GPU from Ray (0.25: four share one).
     Returns the names of the configurations that did not complete."""
     for config in configs.values():  # every setting of every run is checked before any starts
-        checked = {k: str(v) if isinstance(v, Path) else v for k, v in config.items()}
-        RunSettings.from_app_dir(APP_DIR, {k: v for k, v in checked.items() if k not in ("output-dir", "resume-from")})
+        settings_of(config)
     todo = {name: config for name, config in configs.items() if not is_done(out / "runs" / name, config)}
     log(f"[mefl] {len(todo)} run(s) to do, {len(configs) - len(todo)} already completed")
     if not todo:

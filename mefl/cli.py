@@ -111,7 +111,7 @@ def _status(args: argparse.Namespace) -> int:
     statuses = [run_status(run) for run in runs]
     for _, line in statuses:
         print(line)
-    return 0 if all(status == "completed" for status, _ in statuses) else 1
+    return 0 if statuses and all(status == "completed" for status, _ in statuses) else 1
 
 
 def _report(args: argparse.Namespace) -> int:

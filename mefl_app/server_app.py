@@ -79,10 +79,10 @@ def main(grid: Grid, context: Context) -> None:
             evaluate_config=ConfigRecord(dict(announced)),
             evaluate_fn=None if tuning else central_evaluation(model, data, settings),
         )
+        recorder.complete(result.arrays)
     except BaseException as error:
         recorder.fail(error)
         raise
-    recorder.complete(result.arrays)
 
 
 def central_evaluation(

@@ -198,7 +198,8 @@ class RunSettings:
         _ = self.exit_positions  # parses and validates exit-after
         _ = self.thresholds  # parses early-exit-thresholds
         levels = self.profile_levels  # parses exit-profile
-        if len(set(levels)) > 1 and (self.strategy in ORDER_STATISTIC_STRATEGIES or self.dp != "none"):
+        partial = any(level != self.num_exits for level in levels)  # some uploads lack the deeper arrays
+        if partial and (self.strategy in ORDER_STATISTIC_STRATEGIES or self.dp != "none"):
             raise SettingsError(
                 f"strategy {self.strategy!r} (dp {self.dp!r}) cannot aggregate the partial uploads of clients at "
                 f"different exit levels (exit-profile {self.exit_profile!r}): use a mean-based strategy"

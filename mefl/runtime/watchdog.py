@@ -4,7 +4,7 @@ launcher is gone, however it went (see ``processes.Watchdog``)."""
 import signal
 import sys
 
-from .processes import descendants_named, stop_pids
+from .processes import descendants_named, process_alive, stop_pids
 
 
 def main() -> None:
@@ -15,7 +15,8 @@ def main() -> None:
         pid, started = line.split()
         guarded[int(pid)] = started
     # As a clean stop does it: the run first (its ServerApp records it as interrupted), then the rest.
-    stop_pids(descendants_named(list(guarded), "flwr-serverapp"), grace=30)
+    alive = [pid for pid, started in guarded.items() if process_alive(pid, started)]  # not a reused pid
+    stop_pids(descendants_named(alive, "flwr-serverapp"), grace=30)
     stop_pids(guarded)
 
 

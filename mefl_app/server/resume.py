@@ -54,13 +54,18 @@ def load_resume_point(run_dir: str | Path, settings: RunSettings) -> ResumePoint
             f"resume-from: {run_dir} already has {server_round} rounds; "
             f"num-server-rounds is {settings.num_server_rounds}"
         )
-    if keeps_server_state(settings.strategy, settings.dp):
+    if keeps_server_state(settings):
         raise SettingsError(
             f"resume-from: strategy {settings.strategy!r} (dp {settings.dp!r}) keeps server state "
             "that checkpoints do not hold; only stateless strategies can be continued"
         )
     stored, current = results.get("run_config", {}), settings.as_run_config()
-    differing = sorted(k for k in current if k not in MAY_DIFFER and k in stored and stored[k] != current[k])
+    fixed = (
+        ("num-server-rounds",) if settings.distill_ramp or settings.distill_warmup else ()
+    )  # schedules scale with it
+    differing = sorted(
+        k for k in current if (k not in MAY_DIFFER or k in fixed) and k in stored and stored[k] != current[k]
+    )
     if differing:
         shown = ", ".join(f"{k}: {stored[k]!r} there, {current[k]!r} here" for k in differing)
         raise SettingsError(f"resume-from: the run config differs from the stopped run's ({shown})")

@@ -284,9 +284,11 @@ class RunRecorder:
         reason = "".join(traceback.format_exception_only(type(error), error)).strip()
         if isinstance(error, (KeyboardInterrupt, SystemExit)):
             self.interrupt(f"stopped by {type(error).__name__}")
-        elif self.results["status"] == "running":
-            self.results["error"] = reason
-            self._close("failed")
+            return
+        with self._lock:
+            if self.results["status"] == "running":
+                self.results["error"] = reason
+                self._close("failed")
 
     def interrupt(self, reason: str) -> None:
         """Close a still running run as interrupted (resumable from its last checkpoint)."""

@@ -78,10 +78,10 @@ MEAN_BASED = (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad)
 KEEPS_SERVER_STATE = ("fedavgm", "fedadam", "fedyogi", "fedadagrad", "feddyn")
 
 
-def keeps_server_state(strategy: str, dp: str) -> bool:
-    """Whether the strategy (or adaptive DP clipping) holds state between rounds that a model
-    checkpoint lacks."""
-    return strategy in KEEPS_SERVER_STATE or dp == "adaptive"
+def keeps_server_state(settings: RunSettings) -> bool:
+    """Whether the server holds state between rounds that a model checkpoint lacks: the
+    strategy's, adaptive DP clipping's, or HypeMeFed's hypernetworks."""
+    return settings.strategy in KEEPS_SERVER_STATE or settings.dp == "adaptive" or settings.hypernetwork_rank > 0
 
 
 def resolve_strategy_class(name: str) -> type[Strategy]:

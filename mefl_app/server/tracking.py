@@ -139,12 +139,18 @@ class TrackingStrategy(Strategy):
         server_round += self.round_offset
         replies, rejected = self._screen(server_round, "train", replies)
         ok = self._observe(server_round, "train", replies, "personalized", rejected)
-        needed = max(self.min_train_replies, math.ceil(self.min_train_fraction * self._sent))
-        if len(ok) < needed:
+        needed = max(self.min_train_replies, math.ceil(self.min_train_fraction * self._sent - 1e-9))
+        trained = [m for m in ok if float(metrics.metric_record_of(m.content)[metrics.NUM_EXAMPLES]) > 0]
+        if len(ok) < needed or not trained:
             errors = [m.error.reason for m in replies if m.has_error()] + list(rejected.values())
-            raise TooFewReplies(
-                f"round {server_round}: {len(ok)} of {self._sent} training replies succeeded, at least {needed} needed "
+            what = (
+                f"{len(ok)} of {self._sent} training replies succeeded, at least {needed} needed "
                 f"(min-train-replies {self.min_train_replies}, min-train-fraction {self.min_train_fraction})"
+                if len(ok) < needed
+                else f"none of the {len(ok)} successful training replies trained (exclusive: no deepest-level client)"
+            )
+            raise TooFewReplies(
+                f"round {server_round}: {what}"
                 + (
                     f"; first error: {errors[0]}"
                     if errors

@@ -58,6 +58,8 @@ def test_status_of_a_campaign_reads_the_newest_attempt_of_each_run(tmp_path, cap
     _run_folder(runs / "me-seed0", "20261201-000000-old", "failed", "stopped")
     _run_folder(runs / "me-seed0", "20261201-000001-new", "completed")
     assert main(["status", str(tmp_path / "campaign")]) == 0
+    (tmp_path / "empty" / "runs").mkdir(parents=True)
+    assert main(["status", str(tmp_path / "empty")]) == 1  # no run at all is no success
     _run_folder(runs / "se-seed0", "20261201-000002-x", "interrupted", "stopped by a signal")
     assert main(["status", str(tmp_path / "campaign")]) == 1
     assert "interrupted after 1 of 3 rounds: stopped by a signal" in capsys.readouterr().out

@@ -179,7 +179,9 @@ def test_a_method_fills_the_keys_left_at_their_default_and_keeps_the_others():
 def test_a_strategy_that_cannot_aggregate_mixed_exit_levels_is_refused_before_round_1(config):
     with pytest.raises(SettingsError, match="cannot aggregate the partial uploads of clients at different exit levels"):
         RunSettings.from_run_config({"exit-profile": "1:1,3:2", **config})
-    RunSettings.from_run_config({"exit-profile": "3:3", **config})  # one level: every reply is the whole model
+    with pytest.raises(SettingsError, match="cannot aggregate the partial uploads"):
+        RunSettings.from_run_config({"exit-profile": "2:3", **config})  # one level, but not the deepest
+    RunSettings.from_run_config({"exit-profile": "3:3", **config})  # every reply is the whole model
 
 
 def test_the_hypernetwork_generates_the_next_layers_shape_and_learns_through_its_maps():

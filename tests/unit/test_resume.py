@@ -108,6 +108,8 @@ def test_campaigns_pick_the_attempt_to_continue(tmp_path):
     assert campaigns.stopped_attempt(folder, {"num-server-rounds": 5}) == folder / "20261127-000000-a"
     assert campaigns.stopped_attempt(folder, {"num-server-rounds": 2}) is None
     assert campaigns.stopped_attempt(folder, {"num-server-rounds": 5, "strategy": "fedadam"}) is None
+    for method in ("depthfl", "hypemefed"):  # FedDyn's h, the hypernetworks: server state a checkpoint lacks
+        assert campaigns.stopped_attempt(folder, {"num-server-rounds": 5, "method": method}) is None
     assert not campaigns.is_done(folder, {"num-server-rounds": 2})  # nothing completed yet
 
     old = folder / "20261127-000001-b"  # completed, 3 rounds, old format: no "checkpoint" key
@@ -117,3 +119,12 @@ def test_campaigns_pick_the_attempt_to_continue(tmp_path):
     assert campaigns.is_done(folder, {"num-server-rounds": 3})
     assert not campaigns.is_done(folder, {"num-server-rounds": 4})
     assert campaigns.stopped_attempt(folder, {"num-server-rounds": 4}) == old  # the newest attempt
+
+
+def test_a_run_with_a_distillation_schedule_keeps_its_number_of_rounds(tmp_path):
+    """The ramp and the warm-up are shares of num-server-rounds: a longer continuation would
+    change the schedule of the rounds it takes over."""
+    stopped_run(tmp_path / "old", rounds=2, num_rounds=5, distill_warmup=0.25)
+    with pytest.raises(SettingsError, match="num-server-rounds: 5 there, 8 here"):
+        load_resume_point(tmp_path / "old", RunSettings(num_server_rounds=8, distill_warmup=0.25))
+    assert load_resume_point(tmp_path / "old", RunSettings(num_server_rounds=5, distill_warmup=0.25)).server_round == 2

@@ -75,6 +75,15 @@ def test_a_round_with_fewer_replies_than_min_train_fraction_of_those_sampled_fai
         strategy.aggregate_train(1, [_train_reply(0), _error_reply(101, reason)])
 
 
+def test_a_round_in_which_nobody_trained_fails(tracked):
+    strategy, _ = tracked  # exclusive training: the shallow clients answer, none of them trains
+    idle = [_train_reply(p) for p in range(4)]
+    for reply in idle:
+        reply.content["metrics"][metrics.NUM_EXAMPLES] = 0
+    with pytest.raises(TooFewReplies, match="none of the 4 successful training replies trained"):
+        strategy.aggregate_train(1, idle)
+
+
 def test_a_dead_simulation_worker_stops_the_run_naming_it(tracked):
     strategy, _ = tracked
     reason = "<class 'ray.exceptions.ActorDiedError'>:<'The actor died unexpectedly before finishing this task.'>"

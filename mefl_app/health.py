@@ -28,6 +28,11 @@ def non_finite_arrays(arrays: ArrayRecord) -> list[str]:
     return bad
 
 
+def all_finite(values) -> bool:
+    """Whether every value that is there (None: an exit a client does not have) is finite."""
+    return all(math.isfinite(v) for v in values if v is not None)
+
+
 def strict_json(value: Any) -> Any:
     """``value`` with every non-finite float replaced by None (JSON null)."""
     if isinstance(value, float):

@@ -25,7 +25,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from .. import metrics
-from ..health import NonFiniteError, non_finite_arrays
+from ..health import NonFiniteError, all_finite, non_finite_arrays
 from .run_folder import RunRecorder
 
 
@@ -104,7 +104,7 @@ class TrackingStrategy(Strategy):
             scores = evaluate_fn(server_round, arrays) if evaluate_fn is not None else None
             if scores is not None:
                 central = metrics.scores_from_record(scores)
-                if not all(math.isfinite(loss) for loss in central.loss if loss is not None):
+                if not all_finite(central.loss):
                     raise NonFiniteError(
                         f"round {server_round}: the global model's central loss is non-finite ({central.loss})"
                     )
@@ -242,7 +242,7 @@ class TrackingStrategy(Strategy):
         self.recorder.record_scores(server_round, kind, per_client)
         if kind == "global_local" and per_client:
             pooled = metrics.pool(per_client.values())
-            if not all(math.isfinite(loss) for loss in pooled.loss if loss is not None):
+            if not all_finite(pooled.loss):
                 raise NonFiniteError(
                     f"round {server_round}: the global model's loss on the clients' data is non-finite ({pooled.loss})"
                 )

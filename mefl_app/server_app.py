@@ -4,11 +4,12 @@ aggregation and tracking, with central evaluation of the global model after ever
 from __future__ import annotations
 
 from collections.abc import Callable
-from logging import INFO
+from logging import INFO, WARNING
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
 from flwr.supercore.exit import add_exit_handler
 from torch import nn
 
@@ -20,13 +21,22 @@ from .runtime_check import check_runtime_environment
 from .server.census import take_census
 from .server.exit_levels import ExitLevelAggregation
 from .server.hypernetwork import HypernetworkFill
+from .server.momentum_distillation import MomentumDistillation, momentum_pairs
 from .server.polling_grid import PollingGrid
 from .server.resume import load_resume_point
 from .server.run_folder import RunRecorder, make_run_dir
 from .server.strategies import build_strategy
 from .server.tracking import TrackingStrategy
 from .settings import RunSettings
-from .task import exit_names, hypernetwork_pairs, initial_model, level_array_names, load_task_data, model_costs
+from .task import (
+    exit_names,
+    hypernetwork_pairs,
+    initial_model,
+    layer_prefix,
+    level_array_names,
+    load_task_data,
+    model_costs,
+)
 
 app = ServerApp()
 
@@ -56,15 +66,7 @@ def main(grid: Grid, context: Context) -> None:
         offset = resumed.server_round if resumed else 0
 
         # Flower's strategy, aware of exit levels, observed by the tracking wrapper
-        levels = ExitLevelAggregation(strategy, level_array_names(settings, data.num_classes, data.input_shape))
-        if settings.hypernetwork_rank > 0:  # HypeMeFed: fill the missing deeper layers first
-            levels = HypernetworkFill(
-                levels,
-                hypernetwork_pairs(settings),
-                settings.hypernetwork_rank,
-                settings.hypernetwork_epochs,
-                seed=settings.seed,
-            )
+        levels = exit_level_aggregation(strategy, settings, model, data, recorder)
         tracked = TrackingStrategy(levels, recorder, settings.min_train_replies, offset, settings.min_train_fraction)
         # Clients build their model from what the server announces, and refuse other data.
         announced = {"num-classes": data.num_classes, "input-shape": list(data.input_shape)}
@@ -83,6 +85,34 @@ def main(grid: Grid, context: Context) -> None:
     except BaseException as error:
         recorder.fail(error)
         raise
+
+
+def exit_level_aggregation(
+    strategy: Strategy, settings: RunSettings, model: nn.Module, data: TaskData, recorder: RunRecorder
+) -> Strategy:
+    """``strategy`` wrapped for clients at different exit levels, with the method's server-side
+    steps before it aggregates: InclusiveFL's momentum distillation, then HypeMeFed's fill."""
+    levels: Strategy = ExitLevelAggregation(strategy, level_array_names(settings, data.num_classes, data.input_shape))
+    if settings.hypernetwork_rank > 0:  # HypeMeFed: fill the missing deeper layers first
+        levels = HypernetworkFill(
+            levels,
+            hypernetwork_pairs(settings),
+            settings.hypernetwork_rank,
+            settings.hypernetwork_epochs,
+            seed=settings.seed,
+        )
+    if settings.momentum_distillation > 0:  # InclusiveFL: blend the shallower levels' top-layer updates
+        shapes = {name: tuple(value.shape) for name, value in model.state_dict().items()}
+        pairs = momentum_pairs(layer_prefix(settings), settings.exit_positions, shapes)
+        recorder.describe({"momentum_distillation": {str(k): [top for top, _ in p] for k, p in pairs.items()}})
+        if not any(pairs.values()):
+            log(
+                WARNING,
+                "[mefl] momentum-distillation has nothing to blend: no layer after an exit has the shape of the "
+                "layer before it (docs/methods.md)",
+            )
+        levels = MomentumDistillation(levels, pairs, settings.momentum_distillation)
+    return levels
 
 
 def central_evaluation(

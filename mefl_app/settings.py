@@ -46,9 +46,9 @@ METHODS: dict[str, dict[str, Any]] = {
     # HypeMeFed (Shin et al., 2024): hypernetworks fill the deeper layers of the clients that could
     # not train them, before aggregation; the plain sum of cross-entropies (C = 0)
     "hypemefed": {"distill-weight": 0.0, "hypernetwork-rank": 100},
-    # InclusiveFL (Liu et al., KDD 2022) as DepthFL's baseline runs it: each client trains only its
-    # own last exit (the original's momentum distillation is not in mefl yet: docs/methods.md)
-    "inclusivefl": {"exit-training": "own-exit", "distill-weight": 0.0},
+    # InclusiveFL (Liu et al., KDD 2022): each client trains only its own last exit, and the server
+    # blends a shallower level's top-layer update with the deeper level's (momentum distillation)
+    "inclusivefl": {"exit-training": "own-exit", "distill-weight": 0.0, "momentum-distillation": 0.2},
     "scalefl": {
         "distill-teacher": "last-additive",
         "distill-weight": 0.05,
@@ -57,9 +57,10 @@ METHODS: dict[str, dict[str, Any]] = {
         "exit-loss-weights": "depth",
     },
 }
-# Strategies whose aggregate is no function of the weighted mean of the replies: meaningless on
-# the partial uploads of clients at different exit levels (and so are the DP wrappers).
-ORDER_STATISTIC_STRATEGIES = ("fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
+# Strategies whose aggregate is no function of the weighted mean of the replies (order statistics,
+# selection, QFedAvg's loss-dependent steps): meaningless on the partial uploads of clients at
+# different exit levels (and so are the DP wrappers).
+NOT_MEAN_BASED_STRATEGIES = ("fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan", "qfedavg")
 
 
 class SettingsError(ValueError):
@@ -101,6 +102,7 @@ class RunSettings:
     num_malicious_nodes: int = 0
     num_nodes_to_select: int = 1
     feddyn_alpha: float = 0.1
+    qfedavg_q: float = 0.1
     dp: str = "none"
     dp_noise_multiplier: float = 1.0
     dp_clipping_norm: float = 10.0
@@ -132,6 +134,7 @@ class RunSettings:
     method: str = "study"
     hypernetwork_rank: int = 0
     hypernetwork_epochs: int = 25
+    momentum_distillation: float = 0.0
     # local training
     local_epochs: int = 5
     batch_size: int = 32
@@ -199,10 +202,16 @@ class RunSettings:
         _ = self.thresholds  # parses early-exit-thresholds
         levels = self.profile_levels  # parses exit-profile
         partial = any(level != self.num_exits for level in levels)  # some uploads lack the deeper arrays
-        if partial and (self.strategy in ORDER_STATISTIC_STRATEGIES or self.dp != "none"):
+        if partial and (self.strategy in NOT_MEAN_BASED_STRATEGIES or self.dp != "none"):
             raise SettingsError(
                 f"strategy {self.strategy!r} (dp {self.dp!r}) cannot aggregate the partial uploads of clients at "
                 f"different exit levels (exit-profile {self.exit_profile!r}): use a mean-based strategy"
+            )
+        if self.momentum_distillation > 0 and (not self.multi_exit or self.exit_training == "exclusive"):
+            raise SettingsError(
+                f"momentum-distillation blends the updates that clients at shallower exit levels make to their top "
+                f"layer; it needs a multi-exit model whose shallower levels train (multi-exit {self.multi_exit}, "
+                f"exit-training {self.exit_training!r})"
             )
         weights = self.loss_weights()  # parses exit-loss-weights
         if weights:
@@ -385,6 +394,8 @@ _RULES = {
     "num_malicious_nodes": _at_least(0),
     "num_nodes_to_select": _at_least(1),
     "feddyn_alpha": _between(0, float("inf")),
+    "qfedavg_q": _at_least(0),
+    "momentum_distillation": _between(0, 1, closed="low"),
     "dp_noise_multiplier": _at_least(0),
     "dp_clipping_norm": _between(0, float("inf")),
     "dp_num_sampled_clients": _at_least(0),

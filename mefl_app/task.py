@@ -107,13 +107,18 @@ def level_array_names(settings: RunSettings, num_classes: int, input_shape: tupl
     }
 
 
+def layer_prefix(settings: RunSettings) -> str:
+    """Name prefix of the model's stacked layers in its state dict: ``blocks.<i>.`` (ResNet) or
+    ``layers.<i>.`` (LSTM), i counted from 0."""
+    return "layers" if settings.task == "har" else "blocks"
+
+
 def hypernetwork_pairs(settings: RunSettings) -> list[tuple[str, str]]:
     """(shallower, deeper) weights of consecutive blocks (the ResNet's two convolutions) or layers
     (the LSTM's input and recurrent weights), shallow to deep: what HypeMeFed's hypernetworks map."""
-    blocks = range(settings.exit_positions[-1] - 1)
-    if settings.task == "har":
-        return [(f"layers.{b}.{n}", f"layers.{b + 1}.{n}") for b in blocks for n in ("weight_ih_l0", "weight_hh_l0")]
-    return [(f"blocks.{b}.{n}.weight", f"blocks.{b + 1}.{n}.weight") for b in blocks for n in ("conv1", "conv2")]
+    unit, blocks = layer_prefix(settings), range(settings.exit_positions[-1] - 1)
+    names = ("weight_ih_l0", "weight_hh_l0") if settings.task == "har" else ("conv1.weight", "conv2.weight")
+    return [(f"{unit}.{b}.{n}", f"{unit}.{b + 1}.{n}") for b in blocks for n in names]
 
 
 def exit_names(settings: RunSettings) -> list[str]:

@@ -27,6 +27,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from .. import metrics
+from .messages import with_arrays
 from .strategies import MEAN_BASED
 
 
@@ -85,20 +86,7 @@ class ExitLevelAggregation(Strategy):
             if names is None or len(names) == len(arrays):
                 trimmed.append(message)
                 continue
-            content = RecordDict(
-                {
-                    key: ArrayRecord({n: arrays[n] for n in names}) if isinstance(record, ArrayRecord) else record
-                    for key, record in message.content.items()
-                }
-            )
-            trimmed.append(
-                Message(
-                    content,
-                    dst_node_id=message.metadata.dst_node_id,
-                    message_type=message.metadata.message_type,
-                    group_id=message.metadata.group_id,
-                )
-            )
+            trimmed.append(with_arrays(message, ArrayRecord({n: arrays[n] for n in names})))
         return trimmed
 
     def configure_train(

@@ -24,12 +24,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from torch import nn
 
 from ..seeds import server_round_seed
+from .messages import with_arrays
 
 
 class LowRankHypernetwork(nn.Module):
@@ -112,15 +113,7 @@ class HypernetworkFill(Strategy):
                     with torch.no_grad():
                         weight = torch.from_numpy(arrays[source].numpy().astype(np.float32))
                         arrays[target] = Array(self.networks[(source, target)](weight).numpy())
-            content = RecordDict(
-                {
-                    key: ArrayRecord(arrays) if isinstance(record, ArrayRecord) else record
-                    for key, record in message.content.items()
-                }
-            )
-            copy = Message(content, dst_node_id=0, message_type=message.metadata.message_type)
-            copy.metadata.__dict__["_src_node_id"] = message.metadata.src_node_id
-            filled.append(copy)
+            filled.append(with_arrays(message, ArrayRecord(arrays)))
         return self.inner.aggregate_train(server_round, filled)
 
     def _train(self, pair: tuple[str, str], examples: list[tuple[Array, Array]], generator: torch.Generator) -> None:

@@ -27,10 +27,11 @@ from flwr.serverapp.strategy import (
     FedYogi,
     Krum,
     MultiKrum,
+    QFedAvg,
     Strategy,
 )
 
-from ..metrics import pooled_metric_record
+from ..metrics import TRAIN_LOSS, pooled_metric_record
 from ..settings import RunSettings, SettingsError
 from .feddyn import FedDyn
 
@@ -46,6 +47,7 @@ FLOWER_STRATEGIES: dict[str, type[Strategy]] = {
     "krum": Krum,
     "multikrum": MultiKrum,
     "bulyan": Bulyan,
+    "qfedavg": QFedAvg,
 }
 # Methods Flower 1.42 has no strategy for, written for mefl.
 MEFL_STRATEGIES: dict[str, type[Strategy]] = {"feddyn": FedDyn}
@@ -67,6 +69,7 @@ STRATEGY_PARAMETERS = {
     "num_malicious_nodes": "num_malicious_nodes",
     "num_nodes_to_select": "num_nodes_to_select",
     "feddyn_alpha": "alpha",
+    "qfedavg_q": "q",
 }
 FLOWER_DEFAULT_IF_ZERO = {"eta", "eta_l"}
 
@@ -127,6 +130,8 @@ def build_strategy(settings: RunSettings) -> Strategy:
         "min_available_nodes": settings.min_available_nodes,
         "train_metrics_aggr_fn": pooled_metric_record,
         "evaluate_metrics_aggr_fn": pooled_metric_record,
+        "train_loss_key": TRAIN_LOSS,  # QFedAvg weighs each client's step by its training loss
+        "client_learning_rate": settings.learning_rate,  # QFedAvg's Lipschitz estimate L = 1 / lr
     }
     for field, keyword in STRATEGY_PARAMETERS.items():
         value = getattr(settings, field)

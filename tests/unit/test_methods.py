@@ -174,7 +174,13 @@ def test_a_method_fills_the_keys_left_at_their_default_and_keeps_the_others():
 
 
 @pytest.mark.parametrize(
-    "config", [{"strategy": "krum"}, {"strategy": "fedmedian"}, {"dp": "fixed", "dp-num-sampled-clients": 3}]
+    "config",
+    [
+        {"strategy": "krum"},
+        {"strategy": "fedmedian"},
+        {"strategy": "qfedavg"},
+        {"dp": "fixed", "dp-num-sampled-clients": 3},
+    ],
 )
 def test_a_strategy_that_cannot_aggregate_mixed_exit_levels_is_refused_before_round_1(config):
     with pytest.raises(SettingsError, match="cannot aggregate the partial uploads of clients at different exit levels"):
@@ -234,3 +240,75 @@ def test_own_exit_training_teaches_each_client_only_its_deepest_exit(task_data):
         any(not torch.equal(a, b) for a, b in zip(old, head.parameters())) for old, head in zip(heads, model.exits)
     ]
     assert moved == [False, True] and not torch.equal(block, model.blocks[0].conv1.weight)
+
+
+def _level_reply(arrays, partition, level, examples):
+    scores = ExitScores([1] * level, [0.5] * level, [4] * level)
+    record = metrics.scores_record(partition, examples, scores, **{metrics.TRAIN_LOSS: 1.0})
+    arrays = ArrayRecord({k: Array(np.asarray(v, dtype=np.float32)) for k, v in arrays.items()})
+    message = Message(RecordDict({"arrays": arrays, "metrics": record}), dst_node_id=0, message_type=MessageType.TRAIN)
+    message.metadata.__dict__["_src_node_id"] = 100 + partition
+    return message
+
+
+def test_momentum_distillation_blends_each_shallower_levels_top_layer_by_hand():
+    from mefl_app.server.momentum_distillation import MomentumDistillation
+
+    class Keep:  # a wrapped strategy that shows what it was handed
+        def configure_train(self, server_round, arrays, config, grid):
+            return []
+
+        def aggregate_train(self, server_round, replies):
+            self.seen = [
+                {k: v.numpy() for k, v in next(iter(m.content.array_records.values())).items()} for m in replies
+            ]
+            return None, None
+
+    previous = {"layers.0.w": [1.0, 1.0], "layers.1.w": [2.0, 2.0], "layers.2.w": [3.0, 3.0]}
+    pairs = {1: [("layers.0.w", ["layers.1.w"])], 2: [("layers.1.w", ["layers.2.w"])]}
+    replies = [
+        _level_reply({"layers.0.w": [0.9, 0.9], "layers.1.w": [1.8, 1.8], "layers.2.w": [2.0, 2.4]}, 0, 3, 1),
+        _level_reply({"layers.0.w": [0.9, 0.9], "layers.1.w": [1.8, 1.8], "layers.2.w": [2.4, 2.8]}, 1, 3, 3),
+        _level_reply({"layers.0.w": [0.8, 0.8], "layers.1.w": [1.9, 2.1]}, 2, 2, 2),
+        _level_reply({"layers.0.w": [0.5, 1.5]}, 3, 1, 5),
+    ]
+    blend = MomentumDistillation(Keep(), pairs, beta=0.2)
+    blend.configure_train(
+        1, ArrayRecord({k: Array(np.asarray(v, np.float32)) for k, v in previous.items()}), None, None
+    )
+    blend.aggregate_train(1, replies)
+    deep_a, deep_b, middle, shallow = blend.inner.seen
+    # The deepest level is left as it was.
+    np.testing.assert_allclose(deep_a["layers.1.w"], [1.8, 1.8])
+    np.testing.assert_allclose(deep_b["layers.2.w"], [2.4, 2.8])
+    # Level 2: m = 3 - (1 * [2.0, 2.4] + 3 * [2.4, 2.8]) / 4 = [0.7, 0.3]; its own step [0.1, -0.1];
+    # blended 0.2 m + 0.8 step = [0.22, -0.02]. Its lower layer is not its top: unchanged.
+    np.testing.assert_allclose(middle["layers.1.w"], [1.78, 2.02], rtol=1e-6)
+    np.testing.assert_allclose(middle["layers.0.w"], [0.8, 0.8])
+    # Level 1 learns from level 2's blended step: m = [0.22, -0.02]; own step [0.5, -0.5].
+    np.testing.assert_allclose(shallow["layers.0.w"], [1 - 0.444, 1 + 0.404], rtol=1e-6)
+    # Without a deeper client this round the momentum is zero: only (1 - beta) of the own step.
+    blend.aggregate_train(2, [_level_reply({"layers.0.w": [0.5, 1.5]}, 3, 1, 5)])
+    np.testing.assert_allclose(blend.inner.seen[0]["layers.0.w"], [0.6, 1.4], rtol=1e-6)
+
+
+def test_momentum_distillation_pairs_only_layers_of_one_shape():
+    from mefl_app.server.momentum_distillation import momentum_pairs
+
+    def pairs(task):
+        settings = RunSettings(task=task)
+        model = build_model(settings, 10, (151, 3) if task == "har" else (1, 28, 28))
+        shapes = {name: tuple(value.shape) for name, value in model.state_dict().items()}
+        return momentum_pairs("layers" if task == "har" else "blocks", settings.exit_positions, shapes)
+
+    lstm = pairs("har")
+    # Layer 1 reads 3 channels, layer 2 the hidden state: their input weights differ in shape.
+    assert dict(lstm[1]) == {
+        n: [f"layers.1.{n[9:]}"] for n in ("layers.0.weight_hh_l0", "layers.0.bias_ih_l0", "layers.0.bias_hh_l0")
+    }
+    assert [top for top, _ in lstm[2]] == [
+        f"layers.1.{n}" for n in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
+    ]
+    assert pairs("fmnist") == {1: [], 2: []}  # 16 -> 32 -> 64 channels: nothing has the shape of the block below
+    with pytest.raises(SettingsError, match="momentum-distillation .* needs a multi-exit model whose shallower"):
+        RunSettings.from_run_config({"method": "inclusivefl", "exit-training": "exclusive"})

@@ -72,6 +72,8 @@ def test_parameters_reach_the_strategy():
     assert (m.server_momentum, m.server_learning_rate) == (0.9, 0.5)
     assert build_strategy(RunSettings(strategy="fedtrimmedavg", trim_beta=0.1)).beta == 0.1
     assert build_strategy(RunSettings(strategy="multikrum", num_nodes_to_select=3)).num_nodes_to_select == 3
+    q = build_strategy(RunSettings(strategy="qfedavg", qfedavg_q=0.5, learning_rate=0.05))
+    assert (q.q, q.client_learning_rate, q.train_loss_key) == (0.5, 0.05, "train-loss")  # L = 1 / the clients' lr
 
 
 def test_user_strategy_by_import_path_with_kwargs():

@@ -161,6 +161,20 @@ def newest_results(folder: Path) -> tuple[Path, dict[str, Any]] | None:
     return None
 
 
+def process_alive(process: dict[str, Any]) -> bool:
+    """Whether the ServerApp process a results.json names still runs; True when that cannot be
+    told (another host, or a file written before processes were recorded)."""
+    if process.get("host") != platform.node() or "pid" not in process:
+        return True
+    try:
+        os.kill(int(process["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def run_status(folder: Path) -> tuple[str, str]:
     """(status, one line) of a run folder (``results.json`` inside) or of the newest attempt in a
     campaign's configuration folder."""
@@ -175,6 +189,9 @@ def run_status(folder: Path) -> tuple[str, str]:
     status = results.get("status", "unknown")
     rounds = len([r for r in results.get("rounds", []) if "seconds" in r])
     detail = f"{status} after {rounds} of {results.get('run_config', {}).get('num-server-rounds', '?')} rounds"
+    if status == "running" and not process_alive(results.get("process", {})):
+        status = "killed"
+        detail += " (its process is gone: killed outright; rerun the campaign to redo or continue it)"
     if results.get("error"):
         detail += f": {results['error']}"
     return status, f"{path.parent}: {detail}"

@@ -3,7 +3,8 @@
 The file is replaced atomically, so a run killed at any moment leaves a readable file whose
 ``status`` tells how it ended: "completed" (its numbers are real), "failed" (with the reason),
 "interrupted" (stopped by a signal: Ctrl-C, SIGTERM, ``flwr stop``; resumable) or still "running"
-(the process was killed outright, e.g. SIGKILL; resumable too), and whose
+(or the process was killed outright, e.g. SIGKILL: ``process`` names its host and pid, and
+``mefl status`` reports such a run "killed"; resumable too), and whose
 ``checkpoint`` names the global model of the last finished round (``resume-from`` continues
 from it, see resume.py); only a completed run has ``model.pt``.
 """
@@ -11,6 +12,8 @@ from it, see resume.py); only a completed run has ``model.pt``.
 from __future__ import annotations
 
 import json
+import os
+import platform
 import threading
 import time
 import traceback
@@ -90,6 +93,7 @@ class RunRecorder:
         self.results: dict[str, Any] = {
             "status": "running",
             "started_at": _now(),
+            "process": {"host": platform.node(), "pid": os.getpid()},  # tells a live run from a killed one
             **header,
             "exit_names": exit_names,
             "target_accuracy": target,

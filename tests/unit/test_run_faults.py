@@ -200,3 +200,21 @@ def test_a_federation_that_fits_passes_and_node_levels_need_no_profile():
 )
 def test_error_reasons_are_cut_to_the_line_that_matters(reason, short):
     assert short_reason(reason) == short
+
+
+def test_a_run_whose_process_is_gone_is_reported_killed_not_running(tmp_path):
+    import subprocess
+    import sys
+
+    from mefl.campaigns import run_status
+
+    for name in ("live", "dead"):
+        (tmp_path / name).mkdir()
+    live = RunRecorder(tmp_path / "live", {"run_config": {"num-server-rounds": 3}}, ["block5"], 0.75)
+    assert run_status(live.run_dir)[0] == "running"  # this test's own process still runs
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = RunRecorder(tmp_path / "dead", {"run_config": {"num-server-rounds": 3}}, ["block5"], 0.75)
+    dead.results["process"]["pid"] = int(gone.stdout)
+    dead.write()
+    status, line = run_status(dead.run_dir)
+    assert status == "killed" and "its process is gone" in line

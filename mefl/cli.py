@@ -8,6 +8,8 @@
     mefl shards   write one shard file per client, for real devices
     mefl deploy   a real local deployment: SuperLink + SuperNodes as separate processes
     mefl certs    a test CA, a SuperLink certificate and SuperNode key pairs
+    mefl export   a trained run as TorchScript and ONNX files per exit level, plus an early-exit model
+    mefl predict  an exported model's predictions, with the exit each one used
     mefl status   one line per run; exit code 0 only if every run completed
 
 A user's mistake (a bad setting, missing data) ends with one line on stderr and exit code 2; a
@@ -25,7 +27,7 @@ from pathlib import Path
 from mefl_app.data.tensors import DataError
 from mefl_app.settings import METHODS, SettingsError
 
-from . import compare, exits, methods, report, shards, study
+from . import compare, exits, export, methods, predict, report, shards, study
 from .campaigns import VARIANTS, add_client_resources, run_configs, run_status
 from .runtime import certificates, deployment
 from .runtime.processes import interrupt_on_termination
@@ -189,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("shards", shards, "write one shard file per client plus a manifest"),
         ("deploy", deployment, "a local deployment: SuperLink + SuperNodes as real processes"),
         ("certs", certificates, "a test CA, SuperLink certificate and SuperNode keys"),
+        ("export", export, "TorchScript and ONNX files per exit level, and an early-exit model"),
+        ("predict", predict, "an exported model's predictions, with the exit each one used"),
     ):
         verb = verbs.add_parser(name, help=summary, description=(module.main.__doc__ or summary).splitlines()[0])
         module.add_arguments(verb)

@@ -142,6 +142,8 @@ def describe_run(settings: RunSettings, model: nn.Module, data: TaskData) -> dic
             "task": data.name,
             "num_classes": data.num_classes,
             "class_names": list(data.class_names),
+            "input_shape": list(data.input_shape),
+            "normalization": data.normalization,
             "pool_size": len(data.train),
             "central_test_size": len(data.test),
         },

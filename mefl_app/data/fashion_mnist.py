@@ -43,7 +43,8 @@ def load_fashion_mnist(data_dir: str | Path) -> TaskData:
     train, test = (_normalized_images(split) for split in splits)
     for data, split in ((train, "train"), (test, "t10k")):
         check_tensor_data(data, str(raw / f"{split}-labels-idx1-ubyte"), len(FashionMNIST.classes))
-    return TaskData("fmnist", train, test, tuple(splits[0].classes))
+    normalization = {"scale": 1 / 255, "mean": [FASHION_MNIST_MEAN], "std": [FASHION_MNIST_STD], "axis": 0}
+    return TaskData("fmnist", train, test, tuple(splits[0].classes), normalization)
 
 
 # IDX headers (LeCun et al.): magic number, then the sizes of the dimensions, big-endian int32.

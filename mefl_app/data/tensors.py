@@ -63,6 +63,8 @@ class TaskData:
     train: TensorData
     test: TensorData
     class_names: tuple[str, ...]
+    # raw input -> model input: (x * scale - mean) / std, mean and std along ``axis`` of one sample
+    normalization: dict | None = None
 
     @property
     def num_classes(self) -> int:

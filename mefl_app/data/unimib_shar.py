@@ -116,7 +116,8 @@ def load_har(data_dir: str | Path, subset: str, central_test_fraction: float, se
     x = torch.from_numpy((raw.windows - mean) / std).float()
     y, subjects = torch.from_numpy(raw.labels), torch.from_numpy(raw.subjects)
     part = lambda idx: TensorData(x[idx].contiguous(), y[idx], subjects[idx])  # noqa: E731
-    return TaskData("har", part(pool), part(test), raw.class_names)
+    normalization = {"scale": 1.0, "mean": mean.tolist(), "std": std.tolist(), "axis": -1}
+    return TaskData("har", part(pool), part(test), raw.class_names, normalization)
 
 
 def _stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -34,9 +34,10 @@ from mefl_app.server.run_folder import RESULTS_FILE
 from mefl_app.settings import RunSettings
 from mefl_app.task import build_model, exit_names, load_task_data
 
+from .exported import ENGINES, METADATA_FILE, ExportedModel
+
 TOLERANCE = 1e-4  # max |logit difference| of an exported file against the PyTorch model, per unit of the
 # largest |logit| where that exceeds 1 (float32 rounding grows with the logits' size)
-METADATA_FILE = "model.json"
 DEFAULT_THRESHOLD = 0.9
 
 
@@ -235,8 +236,6 @@ def logit_differences(out: Path, model: nn.Module, shape: tuple[int, ...]) -> di
     """Max logit difference (``_max_difference``) from the PyTorch model, per engine and file: each level on
     a batch, and the early-exit chain at a threshold above any probability (every input runs to
     the deepest exit)."""
-    from .predict import ENGINES, ExportedModel
-
     check = _example(shape, 4, seed=1)
     with torch.no_grad():
         reference = [logits.numpy() for logits in model(check)]

@@ -2,7 +2,8 @@
 
 A client at exit level k (node config ``exit-level`` or run config ``exit-profile``) builds only
 the model up to exit k, trains exits 1..k (its deepest exit is its teacher) and uploads only
-those arrays.
+those arrays. At ``exit-level = "auto"`` it picks k itself from its budget on its first message
+(budget.py) and keeps the choice in its ``Context.state``.
 """
 
 from __future__ import annotations
@@ -11,20 +12,21 @@ import time
 from dataclasses import dataclass
 
 import torch
-from flwr.app import ArrayRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from torch import nn
 
 from . import metrics
+from .budget import LevelChoice, budget_of, choose_level, measure_levels
 from .data.shards import ClientShard, label_counts
 from .device import apply_thread_setting, select_device
 from .evaluate import evaluate_exits
 from .health import NonFiniteError
 from .model.loss import distill_schedule
 from .seeds import client_round_seed, validation_split_seed
-from .server.census import census_record
+from .server.census import LEVEL_CHOICE, census_record
 from .server.feddyn import ALPHA_KEY
-from .settings import RunSettings
+from .settings import AUTO_LEVEL, RunSettings
 from .task import build_model, exit_level, load_client_shard, model_costs
 from .train import FedDynState, train_local
 
@@ -41,6 +43,7 @@ class LocalSetup:
     settings: RunSettings
     shard: ClientShard
     level: int
+    fits_budget: bool  # False: an auto-level client that no level fits sits out of training
     device: torch.device
     model: nn.Module
     num_classes: int
@@ -63,15 +66,49 @@ def _prepare(msg: Message, context: Context) -> LocalSetup:
         shard = shard.validation_view(
             settings.validation_fraction, seed=validation_split_seed(settings.partition_seed, shard.partition_id)
         )
-    level = exit_level(settings, context.node_config, shard.partition_id)
     device = select_device(settings)
+    choice = _level_choice(settings, context, shard, num_classes, input_shape, device)
+    level = choice.level
     model = build_model(settings, num_classes, input_shape, level)
     received = msg.content["arrays"].to_torch_state_dict()
     model.load_state_dict({name: received[name] for name in model.state_dict()})  # exits 1..level only
     forward_mflops, train_mflops_per_sample = model_costs(settings, num_classes, input_shape, level)
     return LocalSetup(
-        settings, shard, level, device, model.to(device), num_classes, forward_mflops, train_mflops_per_sample
+        settings,
+        shard,
+        level,
+        choice.trains,
+        device,
+        model.to(device),
+        num_classes,
+        forward_mflops,
+        train_mflops_per_sample,
     )
+
+
+def _level_choice(
+    settings: RunSettings,
+    context: Context,
+    shard: ClientShard,
+    num_classes: int,
+    input_shape: tuple[int, ...],
+    device: torch.device,
+) -> LevelChoice:
+    """This client's exit level: fixed by its node config or the profile, or (auto) chosen from
+    its budget on its first message, measured here, and kept in its ``Context.state``."""
+    level = exit_level(settings, context.node_config, shard.partition_id)
+    if level != AUTO_LEVEL:
+        return LevelChoice(level, True, "set by " + ("node config" if "exit-level" in context.node_config else "run"))
+    if LEVEL_CHOICE in context.state:
+        kept = context.state[LEVEL_CHOICE]
+        return LevelChoice(int(kept["level"]), bool(kept["trains"]), str(kept["reason"]))
+    budget = budget_of(settings, context.node_config, shard.partition_id)
+    costs = measure_levels(
+        settings, shard.train, lambda k: build_model(settings, num_classes, input_shape, k), device, budget
+    )
+    choice = choose_level(costs, budget)
+    context.state[LEVEL_CHOICE] = ConfigRecord(choice.as_record(budget))
+    return choice
 
 
 @app.train()
@@ -80,7 +117,7 @@ def train(msg: Message, context: Context) -> Message:
     part, per exit: the personalized accuracy."""
     local = _prepare(msg, context)
     settings, shard, model = local.settings, local.shard, local.model
-    trains = settings.trains_at(local.level)
+    trains = settings.trains_at(local.level) and local.fits_budget
     server_round = int(msg.content["config"]["server-round"])
     seed = client_round_seed(settings.seed, server_round, shard.partition_id)
     torch.manual_seed(seed)
@@ -167,12 +204,19 @@ def query(msg: Message, context: Context) -> Message:
     """The census before round 1: load (and so check) this node's shard and say which partition
     and exit level it holds; the server checks the federation as a whole."""
     settings = RunSettings.from_run_config(context.run_config)
+    apply_thread_setting(settings)
     num_classes, input_shape = _announced(msg)
     shard = load_client_shard(settings, context.node_config, num_classes, input_shape)
     from_node = "exit-level" in context.node_config
     covered = from_node or not settings.profile_levels or shard.partition_id < len(settings.profile_levels)
-    level = exit_level(settings, context.node_config, shard.partition_id) if covered else 0
+    content = {}
+    level = 0
+    if covered:
+        choice = _level_choice(settings, context, shard, num_classes, input_shape, select_device(settings))
+        level = choice.level
+        if LEVEL_CHOICE in context.state:  # an auto level: the server records what was measured and why
+            content[LEVEL_CHOICE] = context.state[LEVEL_CHOICE]
     record = census_record(
         shard.partition_id, int(shard.meta["num_partitions"]), level, from_node, len(shard.train), len(shard.test)
     )
-    return Message(RecordDict({"census": record}), reply_to=msg)
+    return Message(RecordDict({"census": record, **content}), reply_to=msg)

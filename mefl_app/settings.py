@@ -27,6 +27,7 @@ EXIT_TRAINING = ("partial", "exclusive", "own-exit")
 DEFAULT_EXITS = {"fmnist": "1,3,5", "har": "1,2,3"}
 DEPTH = {"fmnist": 5, "har": 3}  # residual blocks / LSTM layers
 DEFAULT_TARGET = {"fmnist": 0.75, "har": 0.5}  # the study's rounds-to-target thresholds
+AUTO_LEVEL = 0  # an exit level the client picks from its budget (exit-level = "auto", budget.py)
 
 
 # A method is a preset of settings (docs/methods.md): it fills every key a run leaves at its default.
@@ -123,6 +124,9 @@ class RunSettings:
     # resource-aware exits
     exit_profile: str = ""
     exit_training: str = "partial"
+    exit_budget_seconds: float = 0.0
+    exit_budget_memory_mb: float = 0.0
+    slowdown_profile: str = ""
     early_exit_thresholds: str = "0.5,0.6,0.7,0.8,0.9,0.95,0.99"
     # loss
     distill_weight: float = 0.5
@@ -200,6 +204,7 @@ class RunSettings:
                 raise SettingsError(f"{name.replace('_', '-')} {requirement}, got {value!r}")
         _ = self.exit_positions  # parses and validates exit-after
         _ = self.thresholds  # parses early-exit-thresholds
+        _ = self.slowdowns  # parses slowdown-profile
         levels = self.profile_levels  # parses exit-profile
         partial = any(level != self.num_exits for level in levels)  # some uploads lack the deeper arrays
         if partial and (self.strategy in NOT_MEAN_BASED_STRATEGIES or self.dp != "none"):
@@ -215,7 +220,7 @@ class RunSettings:
             )
         weights = self.loss_weights()  # parses exit-loss-weights
         if weights:
-            for level in sorted(set(levels)):
+            for level in sorted(set(levels) - {AUTO_LEVEL}):
                 if self.trains_at(level) and not any(self.loss_weights(level)):
                     raise SettingsError(
                         f"exit-loss-weights {self.exit_loss_weights!r} give the level-{level} clients of exit-profile "
@@ -289,23 +294,45 @@ class RunSettings:
     @property
     def profile_levels(self) -> tuple[int, ...]:
         """``exit-profile`` "1:8,2:8,3:8" as one exit level per partition id, in order (empty:
-        every client at the deepest level)."""
+        every client at the deepest level); "auto:8" entries are ``AUTO_LEVEL`` (the client picks
+        from its budget)."""
         if not self.exit_profile:
             return ()
         levels: list[int] = []
         for part in self.exit_profile.split(","):
             try:
-                level, count = (int(v) for v in part.split(":"))
+                level, count = part.split(":")
+                level, count = (AUTO_LEVEL if level.strip() == "auto" else int(level)), int(count)
             except ValueError:
                 raise SettingsError(
-                    f"exit-profile must look like '1:8,2:8,3:8' (level:clients), got {self.exit_profile!r}"
+                    f"exit-profile must look like '1:8,2:8,3:8' or 'auto:8,3:16' (level:clients), "
+                    f"got {self.exit_profile!r}"
                 ) from None
-            if not 1 <= level <= self.num_exits or count < 0:
+            if not (level == AUTO_LEVEL or 1 <= level <= self.num_exits) or count < 0:
                 raise SettingsError(
-                    f"exit-profile levels must lie in 1..{self.num_exits} with counts >= 0, got {self.exit_profile!r}"
+                    f"exit-profile levels must lie in 1..{self.num_exits} (or be auto) with counts >= 0, "
+                    f"got {self.exit_profile!r}"
                 )
             levels += [level] * count
         return tuple(levels)
+
+    @property
+    def slowdowns(self) -> tuple[float, ...]:
+        """``slowdown-profile`` "4:8,1:16" as one slowdown factor per partition id (emulated slow
+        devices of an auto exit level, budget.py); partitions past its end run at 1."""
+        factors: list[float] = []
+        for part in filter(None, self.slowdown_profile.split(",")):
+            try:
+                factor, count = part.split(":")
+                factor, count = float(factor), int(count)
+            except ValueError:
+                raise SettingsError(
+                    f"slowdown-profile must look like '4:8,1:16' (factor:clients), got {self.slowdown_profile!r}"
+                ) from None
+            if factor <= 0 or count < 0:
+                raise SettingsError(f"slowdown-profile factors must be > 0, counts >= 0, got {self.slowdown_profile!r}")
+            factors += [factor] * count
+        return tuple(factors)
 
     @property
     def target(self) -> float:
@@ -428,4 +455,6 @@ _RULES = {
     "distill_temperature": _between(0, float("inf")),
     "hidden_size": _at_least(1),
     "torch_threads": _at_least(0),
+    "exit_budget_seconds": _at_least(0),
+    "exit_budget_memory_mb": _at_least(0),
 }

@@ -18,7 +18,7 @@ from .model.loss import multi_exit_loss
 from .model.lstm import MultiExitLSTM
 from .model.resnet import MultiExitResNet
 from .seeds import central_holdout_seed
-from .settings import RunSettings, SettingsError
+from .settings import AUTO_LEVEL, RunSettings, SettingsError
 
 
 def load_task_data(settings: RunSettings) -> TaskData:
@@ -74,10 +74,17 @@ def model_costs(
 
 def exit_level(settings: RunSettings, node_config: Mapping[str, Any], partition_id: int) -> int:
     """How many exits this client runs: its SuperNode's ``exit-level``, else its entry in
-    ``exit-profile``, else all of them."""
+    ``exit-profile``, else all of them; ``AUTO_LEVEL`` when the client is to pick (budget.py)."""
     deepest = settings.num_exits
     if "exit-level" in node_config:
-        level = int(node_config["exit-level"])
+        if str(node_config["exit-level"]).strip() == "auto":
+            return AUTO_LEVEL
+        try:
+            level = int(node_config["exit-level"])
+        except ValueError:
+            raise SettingsError(
+                f'node config exit-level must be 1..{deepest} or "auto", got {node_config["exit-level"]!r}'
+            ) from None
     elif settings.profile_levels:
         if partition_id >= len(settings.profile_levels):
             raise SettingsError(
@@ -85,6 +92,8 @@ def exit_level(settings: RunSettings, node_config: Mapping[str, Any], partition_
                 f"but partition {partition_id} exists"
             )
         level = settings.profile_levels[partition_id]
+        if level == AUTO_LEVEL:
+            return AUTO_LEVEL
     else:
         level = deepest
     if not 1 <= level <= deepest:

@@ -26,6 +26,7 @@ NUM_PARTITIONS = "num-partitions"
 LEVEL_FROM_NODE = "level-from-node"  # 1: the node's own ``exit-level`` node config set the level
 NUM_TRAIN = "num-train"
 NUM_TEST = "num-test"
+LEVEL_CHOICE = "exit-level-choice"  # the measurement and reason of a client that chose its level (budget.py)
 
 
 class FederationError(RuntimeError):
@@ -70,7 +71,7 @@ def wait_for_nodes(grid: Grid, count: int, timeout: float, poll: float = 1.0) ->
         time.sleep(poll)
 
 
-def take_census(grid: Grid, settings: RunSettings, announced: Mapping[str, Any]) -> dict[int, dict[str, int]]:
+def take_census(grid: Grid, settings: RunSettings, announced: Mapping[str, Any]) -> dict[int, dict[str, Any]]:
     """Node id -> its census answer, checked against ``settings``; ``FederationError`` otherwise."""
     nodes = wait_for_nodes(grid, settings.min_available_nodes, settings.round_timeout)
     if len(nodes) < settings.min_available_nodes:
@@ -96,6 +97,12 @@ def take_census(grid: Grid, settings: RunSettings, announced: Mapping[str, Any])
     check_federation(settings, census)
     levels = sorted((c[metrics.PARTITION_ID], c[metrics.EXIT_LEVEL]) for c in census.values())
     log(INFO, "[mefl] %d nodes ready; exit level per partition: %s", len(census), dict(levels))
+    for message in replies:  # a client that chose its own level: what it measured and why
+        if LEVEL_CHOICE in message.content:
+            choice = dict(message.content[LEVEL_CHOICE].items())
+            census[message.metadata.src_node_id][LEVEL_CHOICE] = choice
+            pid = census[message.metadata.src_node_id][metrics.PARTITION_ID]
+            log(INFO, "[mefl] partition %d chose its exit level: %s", pid, choice["reason"])
     return census
 
 

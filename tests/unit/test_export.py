@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from mefl.export import EarlyExit, export_run, segments_of
-from mefl.predict import ENGINES, ExportedModel, predict
+from mefl.exported import ENGINES, ExportedModel
+from mefl.predict import predict
 from mefl_app.data.tensors import DataError
 from mefl_app.settings import RunSettings
 from mefl_app.task import build_model

@@ -182,7 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
         description=methods.__doc__.splitlines()[0],
     )
     _add_task_and_seeds(me)
-    me.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    me.add_argument(
+        "--methods",
+        nargs="+",
+        choices=[*METHODS, *methods.ABLATIONS],
+        default=list(METHODS),
+        help=f"presets, or the ablations {', '.join(methods.ABLATIONS)} (default: every preset)",
+    )
     _add_campaign_options(me)
     me.add_argument("--report-only", action="store_true", help="only rewrite the report from existing results")
     me.set_defaults(handler=_methods)

@@ -28,6 +28,10 @@ from .report_text import KIND_TITLES, tuning_note
 from .stats import LAST_ROUNDS, mean_accuracy, mean_std, rounds_mean
 
 REFERENCE = "all-deep"
+# Variants of a method that a published claim compares against: name -> (method, its overrides).
+ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    "depthfl-no-kd": ("depthfl", {"distill-weight": 0.0}),  # DepthFL without self-distillation (its Table 3)
+}
 
 
 def configs_for(task: str, seeds: Sequence[int], methods: Sequence[str], clients: int, run_config: str) -> dict:
@@ -45,10 +49,12 @@ def configs_for(task: str, seeds: Sequence[int], methods: Sequence[str], clients
     for seed in seeds:
         base = {**common, "task": task, "seed": seed, "partition-seed": seed}
         configs[f"{REFERENCE}-seed{seed}"] = {**base, **own["study"], "method": "study", "exit-profile": ""}
-        for method in methods:
-            configs[f"{method}-seed{seed}"] = {
+        for name in methods:
+            method, extra = ABLATIONS.get(name, (name, {}))
+            configs[f"{name}-seed{seed}"] = {
                 **base,
                 **own[method],
+                **extra,
                 "method": method,
                 "exit-profile": profile(clients, 3),
             }

@@ -80,6 +80,91 @@ def _gap(runs: dict, reference: dict, kind: str, exit_name: str) -> str:
     return f"{100 * statistics.fmean(gaps):+.2f}{spread} ({sum(g >= 0 for g in gaps)}/{len(gaps)} ≥ 0)"
 
 
+def client_tflops(results: dict[str, Any]) -> float:
+    """The clients' training TFLOPs over the whole run."""
+    return sum(sum(entry.get("client_train_mflops", {}).values()) for entry in results["rounds"]) / 1e6
+
+
+def _central(runs: dict[int, dict], exit_name: str) -> list[float]:
+    """Per seed, central accuracy as the mean of the last rounds."""
+    return [mean_accuracy(r, "central", exit_name, LAST_ROUNDS) for r in runs.values()]
+
+
+def _paired(runs: dict[int, dict], other: dict[int, dict], exit_name: str) -> list[float]:
+    """Per shared seed, the central last-rounds accuracy of ``runs`` minus that of ``other``."""
+    return [
+        mean_accuracy(runs[s], "central", exit_name, LAST_ROUNDS)
+        - mean_accuracy(other[s], "central", exit_name, LAST_ROUNDS)
+        for s in sorted(runs.keys() & other.keys())
+    ]
+
+
+def goals_section(runs: dict[str, dict[int, dict]], exits: list[str]) -> list[str]:
+    """Whether the campaign meets the issue's goals, each said in numbers (central test set, mean of
+    the last rounds, over seeds)."""
+    lines = ["## Goals", ""]
+    reference = runs.get(REFERENCE)
+    candidates = {n: r for n, r in runs.items() if n not in (REFERENCE, "exclusive") and n not in ABLATIONS}
+    if not reference or not candidates:
+        return lines + ["Not yet measurable: the reference or the methods have no completed run.", ""]
+    mean = lambda name, e: statistics.fmean(_central(runs[name], e))  # noqa: E731
+    best = max(candidates, key=lambda n: statistics.fmean(mean(n, e) for e in exits))
+    seeds = sorted(runs[best])
+    share = statistics.fmean(client_tflops(r) for r in runs[best].values()) / statistics.fmean(
+        client_tflops(r) for r in reference.values()
+    )
+    gaps = [mean(best, e) - mean(REFERENCE, e) for e in exits]
+    met = share <= 0.6 and all(g >= 0 for g in gaps)
+    lines += [
+        f"The best method here is **{best}** (highest central accuracy averaged over the exits; seeds {seeds}).",
+        "",
+        f"1. *Heterogeneity for free* (at no more than 60 % of `{REFERENCE}`'s client compute, at or above it at"
+        f" every exit): **{'met' if met else 'not met'}**. {best} uses {100 * share:.0f} % of the compute;"
+        f" against `{REFERENCE}` it is "
+        + ", ".join(f"{100 * g:+.2f} points at {e}" for g, e in zip(gaps, exits))
+        + ". This report covers one task; the goal asks for both.",
+    ]
+    if "exclusive" in runs:
+        ahead = [mean(best, e) - mean("exclusive", e) for e in exits]
+        lines.append(
+            f"2. *Ahead of `exclusive` at every exit*: **{'met' if all(a > 0 for a in ahead) else 'not met'}** ("
+            + ", ".join(f"{100 * a:+.2f} at {e}" for a, e in zip(ahead, exits))
+            + ")."
+        )
+    if best != "study" and "study" in runs:
+        paired = [_paired(runs[best], runs["study"], e) for e in exits]
+        beyond = [len(p) > 1 and statistics.fmean(p) > statistics.stdev(p) for p in paired]
+        lines.append(
+            f"   *Ahead of the study's method beyond the seed-to-seed spread* (the paired per-seed gap's mean above"
+            f" its standard deviation, at every exit): **{'met' if all(beyond) else 'not met'}** ("
+            + ", ".join(
+                f"{100 * statistics.fmean(p):+.2f} ± {100 * statistics.stdev(p) if len(p) > 1 else 0:.2f} at {e}"
+                for p, e in zip(paired, exits)
+            )
+            + ")."
+        )
+    elif best == "study":
+        lines.append("   The study's own method is the best here, so no method is ahead of it.")
+    rivals = [n for n in ("depthfl-no-kd", "inclusivefl") if n in runs]
+    if "depthfl" in runs and rivals:
+        rows = []
+        for rival in rivals:
+            diff = [mean("depthfl", e) - mean(rival, e) for e in exits]
+            verdict = "ahead at every exit" if all(d > 0 for d in diff) else "not ahead at every exit"
+            rows.append(
+                f"{verdict} of `{rival}` (" + ", ".join(f"{100 * d:+.2f} at {e}" for d, e in zip(diff, exits)) + ")"
+            )
+        same = all(r.startswith("ahead") for r in rows) and len(rivals) == 2
+        lines.append(
+            "3. *DepthFL's published ordering* (mutual KD ahead of its no-KD variant and of InclusiveFL at every exit,"
+            f" its Tables 3-4 on CIFAR-100): **{'the same here' if same else 'not the same here'}**: `depthfl` is "
+            + "; ".join(rows)
+            + ("" if len(rivals) == 2 else f"; {', '.join({'depthfl-no-kd', 'inclusivefl'} - set(rivals))} not yet run")
+            + "."
+        )
+    return lines + [""]
+
+
 def write_report(out: Path) -> Path:
     """report.md and plots from the completed runs under ``out/runs``."""
     runs = collect(out)
@@ -134,7 +219,7 @@ def write_report(out: Path) -> Path:
         results = list(runs[name].values())
         rounds = [r["rounds_to_target"].get("central", {}).get(exits[-1]) for r in results]
         mb = [r["rounds"][-1]["bytes_cumulative"] / 1e6 for r in results]
-        tflops = [sum(sum(x.get("client_train_mflops", {}).values()) for x in r["rounds"]) / 1e6 for r in results]
+        tflops = [client_tflops(r) for r in results]
         seconds = [sum(sum(x.get("client_train_seconds", {}).values()) for x in r["rounds"]) for r in results]
         walls = [r["wall_seconds"] for r in results]
         lines.append(
@@ -147,6 +232,7 @@ def write_report(out: Path) -> Path:
         " within one campaign only.",
         "",
     ]
+    lines += goals_section(runs, exits)
     notes = out / "notes.md"
     if notes.exists():
         lines += [notes.read_text().strip(), ""]

@@ -312,3 +312,34 @@ def test_momentum_distillation_pairs_only_layers_of_one_shape():
     assert pairs("fmnist") == {1: [], 2: []}  # 16 -> 32 -> 64 channels: nothing has the shape of the block below
     with pytest.raises(SettingsError, match="momentum-distillation .* needs a multi-exit model whose shallower"):
         RunSettings.from_run_config({"method": "inclusivefl", "exit-training": "exclusive"})
+
+
+def _fake_run(accuracies, mflops):
+    central = {f"e{i}": {"accuracy": a} for i, a in enumerate(accuracies, 1)}
+    return {"rounds": [{"central": central, "client_train_mflops": {"0": mflops}}] * 5}
+
+
+def test_the_goals_section_says_which_goal_is_met_in_numbers():
+    from mefl.methods import goals_section
+
+    runs = {
+        "all-deep": {0: _fake_run([0.70, 0.70], 100.0), 1: _fake_run([0.72, 0.72], 100.0)},
+        "study": {0: _fake_run([0.69, 0.69], 50.0), 1: _fake_run([0.70, 0.70], 50.0)},
+        "depthfl": {0: _fake_run([0.75, 0.74], 55.0), 1: _fake_run([0.78, 0.76], 55.0)},
+        "exclusive": {0: _fake_run([0.60, 0.60], 30.0), 1: _fake_run([0.61, 0.61], 30.0)},
+        "inclusivefl": {0: _fake_run([0.71, 0.75], 50.0), 1: _fake_run([0.72, 0.76], 50.0)},
+        "depthfl-no-kd": {0: _fake_run([0.70, 0.70], 50.0), 1: _fake_run([0.70, 0.70], 50.0)},
+    }
+    text = "\n".join(goals_section(runs, ["e1", "e2"]))
+    assert "best method here is **depthfl**" in text  # the ablation is no candidate
+    assert "**met**. depthfl uses 55 % of the compute" in text and "+5.50 points at e1, +4.00 points at e2" in text
+    assert "`exclusive` at every exit*: **met** (+16.00 at e1, +14.50 at e2)" in text
+    # Paired gaps over the study's method: e1 +6 and +8 (mean 7.00, std 1.41), e2 +5, +6 (5.50 ± 0.71).
+    assert "spread* (the paired" in text and "**met** (+7.00 ± 1.41 at e1, +5.50 ± 0.71 at e2)" in text
+    assert (
+        "**not the same here**" in text
+        and "not ahead at every exit of `inclusivefl` (+5.00 at e1, -0.50 at e2)" in text
+    )
+    runs["depthfl"][0] = _fake_run([0.75, 0.74], 65.0)
+    runs["depthfl"][1] = _fake_run([0.78, 0.76], 65.0)
+    assert "**not met**. depthfl uses 65 % of the compute" in "\n".join(goals_section(runs, ["e1", "e2"]))

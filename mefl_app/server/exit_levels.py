@@ -19,7 +19,6 @@ which would double every later downlink of a float32 model).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -27,8 +26,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from .. import metrics
-from .messages import with_arrays
 from .strategies import MEAN_BASED
+from .wrapping import WrappingStrategy, with_arrays
 
 
 class PartialUploadError(RuntimeError):
@@ -63,19 +62,13 @@ def in_dtypes_of(arrays: ArrayRecord, reference: ArrayRecord) -> ArrayRecord:
     )
 
 
-class ExitLevelAggregation(Strategy):
+class ExitLevelAggregation(WrappingStrategy):
     def __init__(self, inner: Strategy, level_keys: Mapping[int, Sequence[str]]) -> None:
         """``level_keys``: exit level -> names of the arrays a client at that level holds."""
-        self.inner = inner
+        super().__init__(inner)
         self.level_keys = {level: list(names) for level, names in level_keys.items()}
         self.node_level: dict[int, int] = {}
         self.current: ArrayRecord | None = None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def summary(self) -> None:
-        self.inner.summary()
 
     # -- downlink: each client gets its part once its level is known -----------------------------
     def _trim(self, messages: Iterable[Message], arrays: ArrayRecord) -> list[Message]:

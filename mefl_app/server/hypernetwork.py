@@ -20,17 +20,15 @@ counter, 1, as rank).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
-from flwr.serverapp import Grid
+from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import Strategy
 from torch import nn
 
 from ..seeds import server_round_seed
-from .messages import with_arrays
+from .wrapping import WrappingStrategy, with_arrays
 
 
 class LowRankHypernetwork(nn.Module):
@@ -55,7 +53,7 @@ class LowRankHypernetwork(nn.Module):
         return (self.map_b(b).T @ self.map_a(a)).reshape(self.target)
 
 
-class HypernetworkFill(Strategy):
+class HypernetworkFill(WrappingStrategy):
     """Wraps a strategy: trains the hypernetworks on this round's uploads, fills each upload's
     missing deeper weights, then lets the wrapped strategy aggregate the filled uploads."""
 
@@ -68,29 +66,10 @@ class HypernetworkFill(Strategy):
         learning_rate: float = 5e-4,
         seed: int = 0,
     ) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.pairs = list(pairs)  # (source, target) array names, shallow to deep
         self.rank, self.epochs, self.learning_rate, self.seed = rank, epochs, learning_rate, seed
         self.networks: dict[tuple[str, str], LowRankHypernetwork] = {}
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def summary(self) -> None:
-        self.inner.summary()
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.inner.configure_train(server_round, arrays, config, grid)
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.inner.aggregate_evaluate(server_round, replies)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

@@ -31,7 +31,6 @@ Where mefl departs, and why:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -39,7 +38,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from .. import metrics
-from .messages import with_arrays
+from .wrapping import WrappingStrategy, with_arrays
 
 # level k -> (top-layer array of level k, the same-shaped arrays of the layers between exits k and k+1)
 LevelPairs = Mapping[int, Sequence[tuple[str, Sequence[str]]]]
@@ -91,35 +90,21 @@ def blend_uploads(
                     arrays[top] = (old - step).astype(arrays[top].dtype)
 
 
-class MomentumDistillation(Strategy):
+class MomentumDistillation(WrappingStrategy):
     """Wraps a strategy: blends the shallower levels' top-layer uploads (module docstring), then
     lets the wrapped strategy aggregate."""
 
     def __init__(self, inner: Strategy, pairs: LevelPairs, beta: float) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.pairs = {level: [(top, list(sources)) for top, sources in p] for level, p in pairs.items()}
         self.beta = beta
         self.current: ArrayRecord | None = None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def summary(self) -> None:
-        self.inner.summary()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.current = arrays
         return self.inner.configure_train(server_round, arrays, config, grid)
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.inner.aggregate_evaluate(server_round, replies)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
@@ -27,6 +26,7 @@ from flwr.serverapp.strategy import Result, Strategy
 from .. import metrics
 from ..health import NonFiniteError, all_finite, non_finite_arrays
 from .run_folder import RunRecorder
+from .wrapping import WrappingStrategy
 
 
 def array_bytes(content: RecordDict) -> int:
@@ -60,7 +60,7 @@ class DeadWorker(RuntimeError):
 DEAD_WORKER_ERRORS = ("ActorDiedError", "RayActorError", "ActorUnavailableError")
 
 
-class TrackingStrategy(Strategy):
+class TrackingStrategy(WrappingStrategy):
     def __init__(
         self,
         inner: Strategy,
@@ -69,18 +69,12 @@ class TrackingStrategy(Strategy):
         round_offset: int = 0,
         min_train_fraction: float = 0.0,
     ) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.round_offset = round_offset
         self.recorder = recorder
         self.min_train_replies = min_train_replies
         self.min_train_fraction = min_train_fraction
         self._sent = 0  # messages sent in the current phase
-
-    def __getattr__(self, name: str) -> Any:  # the inner strategy's settings stay reachable
-        return getattr(self.inner, name)
-
-    def summary(self) -> None:
-        self.inner.summary()
 
     def start(
         self,

@@ -1,0 +1,114 @@
+"""A cohort-trained round equals the per-client round (dropout off): the ResNet at every exit
+level, every teacher, clipping, ragged shards (a single-sample last batch included) and a
+federation of mixed levels."""
+
+import copy
+
+import pytest
+import torch
+from helpers import synthetic_task
+
+from mefl_app.cohort import CohortResNet, cohort_multi_exit_loss, train_by_level, train_cohort
+from mefl_app.model.loss import multi_exit_loss
+from mefl_app.model.resnet import MultiExitResNet
+from mefl_app.settings import RunSettings
+from mefl_app.train import train_local
+
+SIZES = (37, 49, 23)  # batch 8: ragged last batches; 49 leaves a single sample, which is skipped
+
+
+def _models(exit_after, count, seed=0):
+    torch.manual_seed(seed)
+    models = [MultiExitResNet(10, exit_after=exit_after, dropout=0.0) for _ in range(count)]
+    return models
+
+
+def _shards(sizes):
+    data = synthetic_task(n=sum(sizes) + 10).train
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    return [data.subset(torch.arange(s, s + n)) for s, n in zip(starts, sizes)]
+
+
+def _per_client(models, shards, settings, seeds):
+    states, losses = [], []
+    for model, shard, seed in zip(models, shards, seeds):
+        model = copy.deepcopy(model)
+        losses.append(
+            train_local(
+                model, shard, settings, generator=torch.Generator().manual_seed(seed), device=torch.device("cpu")
+            )
+        )
+        states.append({n: p.detach() for n, p in model.named_parameters()})
+    return states, losses
+
+
+def _assert_same(cohort_states, cohort_losses, states, losses):
+    assert cohort_losses == pytest.approx(losses, rel=1e-5, abs=1e-6)
+    for got, want in zip(cohort_states, states):
+        assert got.keys() == want.keys()
+        for name in want:
+            torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=2e-5, msg=name)
+
+
+@pytest.mark.parametrize("exit_after", [(1,), (1, 3), (1, 3, 5)])
+@pytest.mark.parametrize("teacher", ["last", "mutual"])
+def test_a_cohort_round_equals_each_clients_own_training(exit_after, teacher):
+    settings = RunSettings(
+        local_epochs=2, batch_size=8, learning_rate=0.05, max_grad_norm=1.0, distill_teacher=teacher, distill_weight=0.5
+    )
+    models, shards, seeds = _models(exit_after, 3), _shards(SIZES), [11, 12, 13]
+    result = train_cohort(
+        models,
+        shards,
+        settings,
+        generators=[torch.Generator().manual_seed(s) for s in seeds],
+        device=torch.device("cpu"),
+    )
+    _assert_same(result.state_dicts, result.train_losses, *_per_client(models, shards, settings, seeds))
+
+
+def test_a_mixed_level_federation_trains_as_cohorts_per_level_like_its_clients():
+    settings = RunSettings(local_epochs=1, batch_size=8, exit_loss_weights="depth", distill_teacher="last-additive")
+    models = _models((1,), 1, 1) + _models((1, 3), 2, 2) + _models((1, 3, 5), 1, 3)
+    shards, seeds = _shards((30, 17, 41, 26)), [1, 2, 3, 4]
+    result = train_by_level(
+        models,
+        shards,
+        settings,
+        generators=[torch.Generator().manual_seed(s) for s in seeds],
+        device=torch.device("cpu"),
+    )
+    _assert_same(result.state_dicts, result.train_losses, *_per_client(models, shards, settings, seeds))
+
+
+def test_own_exit_training_leaves_the_other_heads_alone_as_the_per_client_loop_does():
+    settings = RunSettings(local_epochs=1, batch_size=8, exit_training="own-exit", distill_weight=0.0)
+    models, shards, seeds = _models((1, 3), 2), _shards((20, 30)), [5, 6]
+    result = train_cohort(
+        models,
+        shards,
+        settings,
+        generators=[torch.Generator().manual_seed(s) for s in seeds],
+        device=torch.device("cpu"),
+    )
+    for state, model in zip(result.state_dicts, models):  # exit 1 weighs 0: no gradient, no weight decay
+        torch.testing.assert_close(state["exits.0.3.weight"], model.exits[0][3].weight.detach())
+    _assert_same(result.state_dicts, result.train_losses, *_per_client(models, shards, settings, seeds))
+
+
+def test_the_grouped_forward_and_loss_are_each_clients_own():
+    models = _models((1, 3, 5), 2)
+    x = torch.randn(2, 5, 1, 28, 28)
+    cohort = CohortResNet(models).eval()
+    y = torch.randint(0, 10, (2, 5))
+    mask = torch.tensor([[1.0] * 5, [1.0] * 3 + [0.0] * 2])  # client 2: 3 real samples, 2 padding
+    with torch.no_grad():
+        grouped = cohort(x)
+        losses = cohort_multi_exit_loss(grouped, y, mask, distill_weight=0.5, temperature=3.0)
+        for c, model in enumerate(models):
+            own = model.eval()(x[c])
+            for e in range(3):
+                torch.testing.assert_close(grouped[e][c], own[e], rtol=1e-4, atol=1e-5)
+            n = int(mask[c].sum())
+            want = multi_exit_loss([z[:n] for z in own], y[c, :n], distill_weight=0.5, temperature=3.0)
+            torch.testing.assert_close(losses[c], want, rtol=1e-5, atol=1e-6)

@@ -18,6 +18,7 @@ from torch import nn
 
 from . import metrics
 from .budget import LevelChoice, budget_of, choose_level, measure_levels
+from .cohort import train_cohort
 from .data.shards import ClientShard, label_counts
 from .device import apply_thread_setting, select_device
 from .evaluate import evaluate_exits
@@ -25,6 +26,7 @@ from .health import NonFiniteError
 from .model.loss import distill_schedule
 from .seeds import client_round_seed, validation_split_seed
 from .server.census import LEVEL_CHOICE, census_record
+from .server.cohort_grid import COHORT_ACTION, PARTITIONS_KEY, arrays_key, metrics_key
 from .server.feddyn import ALPHA_KEY
 from .settings import AUTO_LEVEL, RunSettings
 from .task import build_model, exit_level, load_client_shard, model_costs
@@ -57,11 +59,13 @@ def _announced(msg: Message) -> tuple[int, tuple[int, ...]]:
     return int(config["num-classes"]), tuple(int(d) for d in config["input-shape"])
 
 
-def _prepare(msg: Message, context: Context) -> LocalSetup:
+def _prepare(msg: Message, context: Context, partition_id: int | None = None) -> LocalSetup:
+    """``partition_id``: another partition than this node's (a cohort's member, simulation only)."""
     settings = RunSettings.from_run_config(context.run_config)
     apply_thread_setting(settings)
     num_classes, input_shape = _announced(msg)
-    shard = load_client_shard(settings, context.node_config, num_classes, input_shape)
+    node_config = context.node_config if partition_id is None else {**context.node_config, "partition-id": partition_id}
+    shard = load_client_shard(settings, node_config, num_classes, input_shape)
     if settings.validation_fraction > 0:
         shard = shard.validation_view(
             settings.validation_fraction, seed=validation_split_seed(settings.partition_seed, shard.partition_id)
@@ -134,29 +138,78 @@ def train(msg: Message, context: Context) -> Message:
                 generator=torch.Generator().manual_seed(seed),
                 device=local.device,
                 proximal_mu=float(config.get("proximal-mu", 0.0)),
-                distill_weight=distill_schedule(
-                    settings.distill_weight,
-                    server_round,
-                    settings.num_server_rounds,
-                    ramp=settings.distill_ramp,
-                    warmup=settings.distill_warmup,
-                ),
+                distill_weight=_round_distill_weight(settings, server_round),
                 feddyn=feddyn,
             )
         except NonFiniteError as error:  # a diverged model is not uploaded
             raise NonFiniteError(f"partition {shard.partition_id}, round {server_round}: {error}") from None
         if feddyn is not None:  # FedDyn's client state lives on the node between rounds
             context.state[FEDDYN_STATE] = ArrayRecord(feddyn.grads)
-    train_seconds = time.perf_counter() - started
+    arrays, record = _train_reply(local, trains, train_loss, time.perf_counter() - started)
+    return Message(RecordDict({"arrays": arrays, "metrics": record}), reply_to=msg)
+
+
+@app.train(COHORT_ACTION)
+def train_cohort_message(msg: Message, context: Context) -> Message:
+    """Train every partition of a cohort (``cohort-partitions``) at once as one batched
+    computation (cohort.py; the server's CohortGrid fans the reply out); one arrays and one
+    metrics record per partition, as each would have sent."""
+    config = msg.content["config"]
+    members = [_prepare(msg, context, int(pid)) for pid in config[PARTITIONS_KEY]]
+    settings, level = members[0].settings, members[0].level
+    if any(m.level != level for m in members):
+        raise RuntimeError(f"a cohort holds one exit level, got {sorted({m.level for m in members})}")
+    server_round = int(config["server-round"])
+    trains = settings.trains_at(level)
+    started = time.perf_counter()
+    losses = [0.0] * len(members)
+    if trains:
+        seeds = [client_round_seed(settings.seed, server_round, m.shard.partition_id) for m in members]
+        torch.manual_seed(seeds[0])  # one dropout stream for the cohort (cohort.py)
+        try:
+            result = train_cohort(
+                [m.model for m in members],
+                [m.shard.train for m in members],
+                settings,
+                generators=[torch.Generator().manual_seed(seed) for seed in seeds],
+                device=members[0].device,
+                distill_weight=_round_distill_weight(settings, server_round),
+            )
+        except NonFiniteError as error:
+            raise NonFiniteError(f"round {server_round}: {error}") from None
+        for member, state in zip(members, result.state_dicts):
+            member.model.load_state_dict(state)
+        losses = result.train_losses
+    seconds = (time.perf_counter() - started) / len(members)  # the cohort's time, shared out
+    content = {}
+    for index, member in enumerate(members):
+        content[arrays_key(index)], content[metrics_key(index)] = _train_reply(member, trains, losses[index], seconds)
+    return Message(RecordDict(content), reply_to=msg)
+
+
+def _round_distill_weight(settings: RunSettings, server_round: int) -> float:
+    return distill_schedule(
+        settings.distill_weight,
+        server_round,
+        settings.num_server_rounds,
+        ramp=settings.distill_ramp,
+        warmup=settings.distill_warmup,
+    )
+
+
+def _train_reply(local: LocalSetup, trains: bool, train_loss: float, train_seconds: float):
+    """(arrays, metrics) of a trained client: its model scored per exit on its local test part
+    (the personalized accuracy); a client that did not train uploads no arrays at all."""
     scores = evaluate_exits(
-        model,
-        shard.test,
-        batch_size=settings.eval_batch_size,
+        local.model,
+        local.shard.test,
+        batch_size=local.settings.eval_batch_size,
         device=local.device,
-        thresholds=settings.thresholds,
+        thresholds=local.settings.thresholds,
         exit_mflops=local.forward_mflops,
     )
-    samples = len(shard.train) * settings.local_epochs if trains else 0
+    shard = local.shard
+    samples = len(shard.train) * local.settings.local_epochs if trains else 0
     record = metrics.scores_record(
         shard.partition_id,
         len(shard.train) if trains else 0,
@@ -168,9 +221,8 @@ def train(msg: Message, context: Context) -> Message:
             metrics.LABEL_COUNTS: label_counts(shard.train.y, local.num_classes),
         },
     )
-    # A client left out of training (exclusive mode) uploads no arrays at all.
-    arrays = ArrayRecord(model.to("cpu").state_dict()) if trains else ArrayRecord()
-    return Message(RecordDict({"arrays": arrays, "metrics": record}), reply_to=msg)
+    arrays = ArrayRecord(local.model.to("cpu").state_dict()) if trains else ArrayRecord()
+    return arrays, record
 
 
 def _feddyn_state(alpha: float, model: nn.Module, context: Context) -> FedDynState | None:

@@ -19,6 +19,7 @@ from .device import select_device
 from .evaluate import evaluate_exits
 from .runtime_check import check_runtime_environment
 from .server.census import take_census
+from .server.cohort_grid import CohortGrid
 from .server.exit_levels import ExitLevelAggregation
 from .server.hypernetwork import HypernetworkFill
 from .server.momentum_distillation import MomentumDistillation, momentum_pairs
@@ -70,10 +71,14 @@ def main(grid: Grid, context: Context) -> None:
         tracked = TrackingStrategy(levels, recorder, settings.min_train_replies, offset, settings.min_train_fraction)
         # Clients build their model from what the server announces, and refuse other data.
         announced = {"num-classes": data.num_classes, "input-shape": list(data.input_shape)}
-        recorder.record_federation(take_census(grid, settings, announced))
+        census = take_census(grid, settings, announced)
+        recorder.record_federation(census)
+        grid = PollingGrid(grid, settings.reply_poll_seconds)
+        if settings.cohort_size > 1:  # cohorts of clients trained as one computation (cohort.py)
+            grid = CohortGrid(grid, settings.cohort_size, census)
         tuning = settings.validation_fraction > 0  # the central test set stays unseen
         result = tracked.start(
-            grid=PollingGrid(grid, settings.reply_poll_seconds),
+            grid=grid,
             initial_arrays=ArrayRecord(model.state_dict()),
             num_rounds=settings.num_server_rounds - offset,
             timeout=settings.round_timeout,

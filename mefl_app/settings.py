@@ -121,6 +121,7 @@ class RunSettings:
     exit_after: str = ""
     norm: str = "group"
     hidden_size: int = 64
+    exit_dropout: float = 0.5
     # resource-aware exits
     exit_profile: str = ""
     exit_training: str = "partial"
@@ -152,6 +153,7 @@ class RunSettings:
     torch_threads: int = 1
     channels_last: bool = True
     eval_batch_size: int = 1000
+    cohort_size: int = 0
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> RunSettings:
@@ -218,6 +220,8 @@ class RunSettings:
                 f"layer; it needs a multi-exit model whose shallower levels train (multi-exit {self.multi_exit}, "
                 f"exit-training {self.exit_training!r})"
             )
+        if self.cohort_size > 1:
+            self._check_cohorts(levels)
         weights = self.loss_weights()  # parses exit-loss-weights
         if weights:
             for level in sorted(set(levels) - {AUTO_LEVEL}):
@@ -226,6 +230,21 @@ class RunSettings:
                         f"exit-loss-weights {self.exit_loss_weights!r} give the level-{level} clients of exit-profile "
                         f"a zero loss (exits 1..{level} all weigh 0): give one of those exits a weight > 0"
                     )
+
+    def _check_cohorts(self, levels: tuple[int, ...]) -> None:
+        """Cohort training (cohort.py) batches the ResNet with GroupNorm and the plain loss."""
+        problems = []
+        if self.task != "fmnist" or self.norm != "group":
+            problems.append(
+                f"the ResNet with group norm (task {self.task!r}, norm {self.norm!r}; the LSTM trains per client)"
+            )
+        if self.proximal_mu > 0 or self.strategy == "feddyn":
+            problems.append("no FedProx / FedDyn term in the local loss")
+        if AUTO_LEVEL in levels:
+            problems.append("fixed exit levels (an auto level is each node's own measurement)")
+        if problems:
+            needs = " and ".join(problems)
+            raise SettingsError(f"cohort-size {self.cohort_size} needs {needs}; set cohort-size = 0")
 
     def trains_at(self, level: int) -> bool:
         """Whether a client at exit level ``level`` trains (its model: exits 1..level). Under
@@ -455,6 +474,8 @@ _RULES = {
     "distill_temperature": _between(0, float("inf")),
     "hidden_size": _at_least(1),
     "torch_threads": _at_least(0),
+    "exit_dropout": _between(0, 1, closed="low"),
+    "cohort_size": _at_least(0),
     "exit_budget_seconds": _at_least(0),
     "exit_budget_memory_mb": _at_least(0),
 }

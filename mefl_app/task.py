@@ -45,9 +45,15 @@ def build_model(
     exits = settings.exit_positions[:level]
     if settings.task == "har":
         return MultiExitLSTM(
-            num_classes, input_size=input_shape[-1], hidden_size=settings.hidden_size, exit_after=exits
+            num_classes,
+            input_size=input_shape[-1],
+            hidden_size=settings.hidden_size,
+            exit_after=exits,
+            dropout=settings.exit_dropout,
         )
-    model = MultiExitResNet(num_classes, in_channels=input_shape[0], exit_after=exits, norm=settings.norm)
+    model = MultiExitResNet(
+        num_classes, in_channels=input_shape[0], exit_after=exits, norm=settings.norm, dropout=settings.exit_dropout
+    )
     return model.to(memory_format=torch.channels_last) if settings.channels_last else model
 
 

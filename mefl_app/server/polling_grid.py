@@ -12,11 +12,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from logging import INFO
-from typing import Any
 
 from flwr.app import Message
 from flwr.common.logger import log
 from flwr.serverapp import Grid
+
+from .wrapping import WrappingGrid
 
 
 def progress_line(phase: str, received: int, sent: int, elapsed: float) -> str:
@@ -25,9 +26,9 @@ def progress_line(phase: str, received: int, sent: int, elapsed: float) -> str:
     return f"{phase} {received}/{sent} replies, {elapsed:.0f} s{eta}"
 
 
-class PollingGrid(Grid):
+class PollingGrid(WrappingGrid):
     def __init__(self, grid: Grid, interval: float, progress_seconds: float = 15.0) -> None:
-        self.grid = grid
+        super().__init__(grid)
         self.interval = interval
         self.progress_seconds = progress_seconds
 
@@ -53,29 +54,3 @@ class PollingGrid(Grid):
                 next_progress = now + self.progress_seconds
             time.sleep(self.interval)
         return replies
-
-    # Everything else is Flower's grid.
-    def set_run(self, run) -> None:
-        self.grid.set_run(run)
-
-    @property
-    def run(self):
-        return self.grid.run
-
-    def create_message(self, *args: Any, **kwargs: Any) -> Message:
-        return self.grid.create_message(*args, **kwargs)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self.grid.get_node_ids()
-
-    def get_nodes(self):
-        return self.grid.get_nodes()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.grid.pull_messages(message_ids)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.grid, name)

@@ -1,5 +1,6 @@
-"""Strategies that wrap a strategy (exit-level aggregation, the methods' server steps, tracking):
-a base that hands every step to the wrapped one, and the message copies they pass on."""
+"""Wrappers by composition: strategies that wrap a strategy (exit-level aggregation, the methods'
+server steps, tracking) and grids that wrap Flower's grid (prompt polling, cohorts), each a base
+that hands everything to the wrapped object, plus the message copies they pass on."""
 
 from __future__ import annotations
 
@@ -59,3 +60,41 @@ def with_arrays(message: Message, arrays: ArrayRecord) -> Message:
     )
     copy.metadata.__dict__["_src_node_id"] = message.metadata.src_node_id
     return copy
+
+
+class WrappingGrid(Grid):
+    """Every call goes to ``grid`` (Flower's, or another wrapper); a subclass overrides
+    ``send_and_receive``."""
+
+    def __init__(self, grid: Grid) -> None:
+        self.grid = grid
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        return self.grid.send_and_receive(messages, timeout=timeout)
+
+    def set_run(self, run) -> None:
+        self.grid.set_run(run)
+
+    @property
+    def run(self):
+        return self.grid.run
+
+    def create_message(self, *args: Any, **kwargs: Any) -> Message:
+        return self.grid.create_message(*args, **kwargs)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self.grid.get_node_ids()
+
+    def get_nodes(self):
+        return self.grid.get_nodes()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self.grid.pull_messages(message_ids)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "grid":
+            raise AttributeError(name)
+        return getattr(self.grid, name)

@@ -1,0 +1,109 @@
+"""A Grid that trains clients in cohorts (``cohort-size`` > 1, ``mefl_app/cohort.py``).
+
+The strategy, exit-level aggregation and tracking go on sending one train message per client and
+getting one reply per client. ``CohortGrid`` sits between them and Flower's grid: it groups the
+round's train messages by the clients' exit levels (from the census), sends each group of up to
+``cohort_size`` as ONE ``train.cohort`` message to the group's first node, whose ClientApp trains
+every partition of the group at once, and splits the combined reply back into one reply per
+client, addressed from that client's node. Bytes, metrics and aggregation therefore read exactly
+as with per-client messages (the simulation's accounting is per client, as a real deployment
+would send it); evaluate and query messages pass through unchanged.
+
+The host node loads the other partitions' shards from ``partition-id`` (the simulation's shards);
+a deployment, where each device holds only its own data, keeps ``cohort-size`` at 0.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from flwr.app import ConfigRecord, Error, Message, MessageType, Metadata, RecordDict
+from flwr.serverapp import Grid
+
+from .. import metrics
+from .census import NUM_TRAIN
+from .wrapping import WrappingGrid
+
+COHORT_ACTION = "cohort"  # the ClientApp's ``@app.train("cohort")``
+PARTITIONS_KEY = "cohort-partitions"
+
+
+def arrays_key(index: int) -> str:
+    return f"arrays.{index}"
+
+
+def metrics_key(index: int) -> str:
+    return f"metrics.{index}"
+
+
+class CohortGrid(WrappingGrid):
+    """``census``: node id -> its census answer (partition id, exit level)."""
+
+    def __init__(self, grid: Grid, cohort_size: int, census: Mapping[int, Mapping[str, Any]]) -> None:
+        super().__init__(grid)
+        self.cohort_size = cohort_size
+        self.partition_of = {node: int(answer[metrics.PARTITION_ID]) for node, answer in census.items()}
+        self.level_of = {node: int(answer[metrics.EXIT_LEVEL]) for node, answer in census.items()}
+        self.size_of = {node: int(answer.get(NUM_TRAIN, 0)) for node, answer in census.items()}
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        messages = list(messages)
+        train = [m for m in messages if m.metadata.message_type == MessageType.TRAIN]
+        if self.cohort_size <= 1 or not train:
+            return self.grid.send_and_receive(messages, timeout=timeout)
+        others = [m for m in messages if m.metadata.message_type != MessageType.TRAIN]
+        groups: dict[tuple[int, tuple[str, ...]], list[Message]] = {}
+        for message in train:  # one exit level per cohort, and the same arrays sent to each member
+            level = self.level_of[message.metadata.dst_node_id]
+            groups.setdefault((level, tuple(message.content["arrays"].keys())), []).append(message)
+        cohorts: dict[int, list[Message]] = {}  # host node -> the messages its cohort stands for
+        outgoing = []
+        for group in groups.values():
+            # Clients of similar shard sizes together: a cohort takes as many steps as its largest shard.
+            group.sort(key=lambda m: self.size_of[m.metadata.dst_node_id])
+            for start in range(0, len(group), self.cohort_size):
+                members = group[start : start + self.cohort_size]
+                host = members[0]
+                config = dict(host.content["config"].items())
+                config[PARTITIONS_KEY] = [self.partition_of[m.metadata.dst_node_id] for m in members]
+                content = RecordDict({"arrays": host.content["arrays"], "config": ConfigRecord(config)})
+                outgoing.append(
+                    Message(
+                        content,
+                        dst_node_id=host.metadata.dst_node_id,
+                        message_type=f"{MessageType.TRAIN}.{COHORT_ACTION}",
+                        group_id=host.metadata.group_id,
+                    )
+                )
+                cohorts[host.metadata.dst_node_id] = members
+        replies = []
+        for reply in self.grid.send_and_receive(outgoing + others, timeout=timeout):
+            members = cohorts.get(reply.metadata.src_node_id)
+            if members is None or not reply.metadata.message_type.endswith(COHORT_ACTION):
+                replies.append(reply)
+                continue
+            replies += [self._reply_of(reply, i, m) for i, m in enumerate(members)]
+        return replies
+
+    @staticmethod
+    def _reply_of(reply: Message, index: int, member: Message) -> Message:
+        """The cohort reply's part for one client, as if that client's node had answered."""
+        metadata = Metadata(
+            run_id=reply.metadata.run_id,
+            message_id=f"{reply.metadata.message_id}.{index}",
+            src_node_id=member.metadata.dst_node_id,
+            dst_node_id=reply.metadata.dst_node_id,
+            reply_to_message_id=reply.metadata.reply_to_message_id,
+            group_id=reply.metadata.group_id,
+            created_at=reply.metadata.created_at or time.time(),
+            ttl=reply.metadata.ttl,
+            message_type=MessageType.TRAIN,
+        )
+        if reply.has_error():
+            host = reply.metadata.src_node_id
+            error = Error(reply.error.code, f"in the cohort hosted by node {host}: {reply.error.reason}")
+            return Message(error=error, metadata=metadata)
+        content = RecordDict({"arrays": reply.content[arrays_key(index)], "metrics": reply.content[metrics_key(index)]})
+        return Message(content=content, metadata=metadata)

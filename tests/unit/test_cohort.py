@@ -43,11 +43,14 @@ def _per_client(models, shards, settings, seeds):
 
 
 def _assert_same(cohort_states, cohort_losses, states, losses):
-    assert cohort_losses == pytest.approx(losses, rel=1e-5, abs=1e-6)
+    """Float tolerance: the cohort's NHWC grouped convolutions sum in another order than each
+    client's own, and the differences grow over the steps (up to ~2e-4 after 24 steps of the
+    5-block model at lr 0.05; a wrong batch, mask or gradient moves weights by 1e-2 and more)."""
+    assert cohort_losses == pytest.approx(losses, rel=1e-4, abs=1e-6)
     for got, want in zip(cohort_states, states):
         assert got.keys() == want.keys()
         for name in want:
-            torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=2e-5, msg=name)
+            torch.testing.assert_close(got[name], want[name], rtol=1e-3, atol=5e-4, msg=name)
 
 
 @pytest.mark.parametrize("exit_after", [(1,), (1, 3), (1, 3, 5)])

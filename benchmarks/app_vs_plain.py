@@ -228,6 +228,9 @@ def main() -> None:
     parser.add_argument("--run-config", default="", help="further overrides, flwr run syntax")
     parser.add_argument("--json", type=Path, help="write the raw numbers here")
     parser.add_argument(
+        "--cohort-sizes", type=int, nargs="*", default=[], help="also the app with cohort-size K, one arm per K"
+    )
+    parser.add_argument(
         "--compare-polling",
         action="store_true",
         help="also run the app with Flower's own 3 s reply polling (reply-poll-seconds=3)",
@@ -296,6 +299,10 @@ def main() -> None:
             )
             runs[f"app, 1 client x {args.cores} threads"] = lambda: run_app(
                 task_config, args.clients, args.rounds, args.cores, args.cores, work
+            )
+        for k in args.cohort_sizes:  # clients trained in cohorts of k (mefl_app/cohort.py)
+            runs[f"app, {args.cores} clients x 1 thread, cohorts of {k}"] = lambda k=k: run_app(
+                task_config, args.clients, args.rounds, 1, 1, work, **{"cohort-size": k}
             )
         if args.compare_polling:
             runs[f"app, {args.cores} clients x 1 thread, Flower's 3 s reply polling"] = lambda: run_app(

@@ -13,7 +13,8 @@
     mefl status   one line per run; exit code 0 only if every run completed
 
 A user's mistake (a bad setting, missing data) ends with one line on stderr and exit code 2; a
-campaign some of whose runs did not complete exits with code 1.
+campaign some of whose runs did not complete exits with code 1; one stopped by Ctrl-C or SIGTERM
+says so in one line and exits with code 130.
 """
 
 from __future__ import annotations
@@ -215,3 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     except (SettingsError, DataError) as error:
         print(f"mefl {args.verb}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM / SIGHUP (interrupt_on_termination): processes already stopped
+        print(
+            f"mefl {args.verb}: stopped; completed runs are kept, a stopped one is recorded as interrupted "
+            "(run the same command again to continue)",
+            file=sys.stderr,
+        )
+        return 130

@@ -169,3 +169,13 @@ def test_paired_summary_judges_the_gaps_of_the_seeds():
     assert stats.paired_summary([0.01, 0.0, -0.01]).startswith(
         "+0.00 ± 1.00, ME ahead in 1 of 3 (one-sided sign test p = 0.75"
     )
+
+
+def test_a_stopped_command_says_so_in_one_line(monkeypatch, capsys):
+    def stopped(args):
+        raise KeyboardInterrupt("signal 15")
+
+    monkeypatch.setattr(cli.methods, "configs_for", lambda *a, **k: stopped(None))
+    assert cli.main(["methods", "--task", "har", "--out", "/nonexistent"]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "mefl methods: stopped; completed runs are kept" in err

@@ -332,14 +332,14 @@ def test_the_goals_section_says_which_goal_is_met_in_numbers():
     }
     text = "\n".join(goals_section(runs, ["e1", "e2"]))
     assert "best method here is **depthfl**" in text  # the ablation is no candidate
-    assert "**met**. depthfl uses 55 % of the compute" in text and "+5.50 points at e1, +4.00 points at e2" in text
-    assert "`exclusive` at every exit*: **met** (+16.00 at e1, +14.50 at e2)" in text
+    assert "**met**. depthfl uses 55 % of the compute" in text and "(seeds [0, 1]): +5.50 at e1, +4.00 at e2" in text
+    assert "`exclusive` at every exit*: **met** (seeds [0, 1]: +16.00 at e1, +14.50 at e2)" in text
     # Paired gaps over the study's method: e1 +6 and +8 (mean 7.00, std 1.41), e2 +5, +6 (5.50 ± 0.71).
     assert "spread* (the paired" in text and "**met** (+7.00 ± 1.41 at e1, +5.50 ± 0.71 at e2)" in text
-    assert (
-        "**not the same here**" in text
-        and "not ahead at every exit of `inclusivefl` (+5.00 at e1, -0.50 at e2)" in text
-    )
+    assert "**not the same here**" in text
+    assert "not ahead at every exit of `inclusivefl` (seeds [0, 1]: +5.00 at e1, -0.50 at e2)" in text
+    del runs["inclusivefl"][1]  # compared on the seeds both have: seed 0 alone
+    assert "of `inclusivefl` (seeds [0]: +4.00 at e1, -1.00 at e2)" in "\n".join(goals_section(runs, ["e1", "e2"]))
     runs["depthfl"][0] = _fake_run([0.75, 0.74], 65.0)
     runs["depthfl"][1] = _fake_run([0.78, 0.76], 65.0)
     assert "**not met**. depthfl uses 65 % of the compute" in "\n".join(goals_section(runs, ["e1", "e2"]))

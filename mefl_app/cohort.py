@@ -247,7 +247,7 @@ def train_cohort(
     xs = [shard.x.to(device) for shard in shards]
     ys = [shard.y.to(device) for shard in shards]
     batch = settings.batch_size
-    params = [p for p in cohort.parameters()]
+    params = list(cohort.parameters())
     buffers = [torch.zeros_like(p) for p in params]
     loss_sums = torch.zeros(k, device=device)
     for step in range(max(steps, default=0)):
@@ -296,7 +296,7 @@ def _batches(n: int, settings: RunSettings, generator: torch.Generator) -> list[
 def _sgd_step(params: list[Tensor], buffers: list[Tensor], active: Tensor, settings: RunSettings) -> None:
     """PyTorch's SGD (momentum, weight decay) on stacked parameters, with clipping of each client's
     gradient norm; clients not ``active`` keep their parameters and momentum."""
-    grads = [p.grad if p.grad is not None else None for p in params]
+    grads = [p.grad for p in params]
     if settings.max_grad_norm > 0:
         norms = torch.zeros(len(active), device=active.device)
         for g in grads:

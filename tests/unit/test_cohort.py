@@ -29,6 +29,12 @@ def _shards(sizes):
     return [data.subset(torch.arange(s, s + n)) for s, n in zip(starts, sizes)]
 
 
+def _trained(trainer, models, shards, settings, seeds):
+    """The cohort trainer's result, each client's batches ordered by its own seed."""
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    return trainer(models, shards, settings, generators=generators, device=torch.device("cpu"))
+
+
 def _per_client(models, shards, settings, seeds):
     states, losses = [], []
     for model, shard, seed in zip(models, shards, seeds):
@@ -60,13 +66,7 @@ def test_a_cohort_round_equals_each_clients_own_training(exit_after, teacher):
         local_epochs=2, batch_size=8, learning_rate=0.05, max_grad_norm=1.0, distill_teacher=teacher, distill_weight=0.5
     )
     models, shards, seeds = _models(exit_after, 3), _shards(SIZES), [11, 12, 13]
-    result = train_cohort(
-        models,
-        shards,
-        settings,
-        generators=[torch.Generator().manual_seed(s) for s in seeds],
-        device=torch.device("cpu"),
-    )
+    result = _trained(train_cohort, models, shards, settings, seeds)
     _assert_same(result.state_dicts, result.train_losses, *_per_client(models, shards, settings, seeds))
 
 
@@ -74,26 +74,14 @@ def test_a_mixed_level_federation_trains_as_cohorts_per_level_like_its_clients()
     settings = RunSettings(local_epochs=1, batch_size=8, exit_loss_weights="depth", distill_teacher="last-additive")
     models = _models((1,), 1, 1) + _models((1, 3), 2, 2) + _models((1, 3, 5), 1, 3)
     shards, seeds = _shards((30, 17, 41, 26)), [1, 2, 3, 4]
-    result = train_by_level(
-        models,
-        shards,
-        settings,
-        generators=[torch.Generator().manual_seed(s) for s in seeds],
-        device=torch.device("cpu"),
-    )
+    result = _trained(train_by_level, models, shards, settings, seeds)
     _assert_same(result.state_dicts, result.train_losses, *_per_client(models, shards, settings, seeds))
 
 
 def test_own_exit_training_leaves_the_other_heads_alone_as_the_per_client_loop_does():
     settings = RunSettings(local_epochs=1, batch_size=8, exit_training="own-exit", distill_weight=0.0)
     models, shards, seeds = _models((1, 3), 2), _shards((20, 30)), [5, 6]
-    result = train_cohort(
-        models,
-        shards,
-        settings,
-        generators=[torch.Generator().manual_seed(s) for s in seeds],
-        device=torch.device("cpu"),
-    )
+    result = _trained(train_cohort, models, shards, settings, seeds)
     for state, model in zip(result.state_dicts, models):  # exit 1 weighs 0: no gradient, no weight decay
         torch.testing.assert_close(state["exits.0.3.weight"], model.exits[0][3].weight.detach())
     _assert_same(result.state_dicts, result.train_losses, *_per_client(models, shards, settings, seeds))

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from mefl_app.files import write_atomically
 from mefl_app.server.run_folder import checkpoint_of
 from mefl_app.server.strategies import keeps_server_state
 from mefl_app.settings import RunSettings
@@ -118,40 +119,46 @@ def run_configs(
     out.mkdir(parents=True, exist_ok=True)
     record_invocation(out, command)
     work = out / ".work"
-    # One Ray cluster for the whole campaign: started once, not once per run.
-    with (
-        RayCluster(work / "ray", num_cpus=os.cpu_count() or 1) as cluster,
-        SimulationSuperLink(work / "flwr-home", ray_address=cluster.address) as link,
-    ):
-        failed = []
-        for name, config in todo.items():
-            folder = out / "runs" / name
-            folder.mkdir(parents=True, exist_ok=True)
-            stopped = stopped_attempt(folder, config)
-            if stopped is not None:
-                config = {**config, "resume-from": str(stopped.resolve())}
-            log(
-                f"[mefl] {name}: started {datetime.now(UTC):%H:%M:%S} UTC"
-                + (f", continuing {stopped.name}" if stopped else "")
-            )
-            started = time.perf_counter()
-            with open(folder / "flwr-run.log", "a") as stream:
-                link.run(
-                    APP_DIR,
-                    {**config, "output-dir": folder.resolve()},
-                    clients,
-                    timeout=7 * 24 * 3600,
-                    num_cpus=cpus_per_client,
-                    num_gpus=gpus_per_client,
-                    stdout=stream,
+    folder = None  # the run in progress
+    try:
+        # One Ray cluster for the whole campaign: started once, not once per run.
+        with (
+            RayCluster(work / "ray", num_cpus=os.cpu_count() or 1) as cluster,
+            SimulationSuperLink(work / "flwr-home", ray_address=cluster.address) as link,
+        ):
+            failed = []
+            for name, config in todo.items():
+                folder = out / "runs" / name
+                folder.mkdir(parents=True, exist_ok=True)
+                stopped = stopped_attempt(folder, config)
+                if stopped is not None:
+                    config = {**config, "resume-from": str(stopped.resolve())}
+                log(
+                    f"[mefl] {name}: started {datetime.now(UTC):%H:%M:%S} UTC"
+                    + (f", continuing {stopped.name}" if stopped else "")
                 )
-            seconds = time.perf_counter() - started
-            if is_done(folder, config):
-                log(f"[mefl] {name}: completed in {seconds:.0f} s")
-            else:
-                failed.append(name)
-                log(f"[mefl] {name}: NOT completed after {seconds:.0f} s: {run_status(folder)[1]}")
-    return failed
+                started = time.perf_counter()
+                with open(folder / "flwr-run.log", "a") as stream:
+                    link.run(
+                        APP_DIR,
+                        {**config, "output-dir": folder.resolve()},
+                        clients,
+                        timeout=7 * 24 * 3600,
+                        num_cpus=cpus_per_client,
+                        num_gpus=gpus_per_client,
+                        stdout=stream,
+                    )
+                seconds = time.perf_counter() - started
+                if is_done(folder, config):
+                    log(f"[mefl] {name}: completed in {seconds:.0f} s")
+                else:
+                    failed.append(name)
+                    log(f"[mefl] {name}: NOT completed after {seconds:.0f} s: {run_status(folder)[1]}")
+        return failed
+    except KeyboardInterrupt:  # every process is stopped by now
+        if folder is not None:
+            record_abandoned(folder)
+        raise
 
 
 def newest_results(folder: Path) -> tuple[Path, dict[str, Any]] | None:
@@ -173,6 +180,24 @@ def process_alive(process: dict[str, Any]) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def record_abandoned(folder: Path) -> None:
+    """Record the newest attempt under ``folder`` as interrupted when it still says "running" but
+    its ServerApp is gone: stopped with its campaign, it was ended (the stop's grace time ran out)
+    before its own exit handler wrote so. Its last checkpoint continues it, as after any interrupt."""
+    found = newest_results(folder)
+    if found is None:
+        return
+    path, results = found
+    if results.get("status") != "running" or process_alive(results.get("process", {})):
+        return
+    results.update(
+        status="interrupted",
+        error="stopped with its campaign; its ServerApp was ended before it could record so",
+        finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(results, indent=1)))
 
 
 def run_status(folder: Path) -> tuple[str, str]:

@@ -202,19 +202,44 @@ def test_error_reasons_are_cut_to_the_line_that_matters(reason, short):
     assert short_reason(reason) == short
 
 
-def test_a_run_whose_process_is_gone_is_reported_killed_not_running(tmp_path):
+def _gone_pid() -> int:
+    """The pid of a process that has ended."""
     import subprocess
     import sys
 
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(gone.stdout)
+
+
+def test_a_run_whose_process_is_gone_is_reported_killed_not_running(tmp_path):
     from mefl.campaigns import run_status
 
     for name in ("live", "dead"):
         (tmp_path / name).mkdir()
     live = RunRecorder(tmp_path / "live", {"run_config": {"num-server-rounds": 3}}, ["block5"], 0.75)
     assert run_status(live.run_dir)[0] == "running"  # this test's own process still runs
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead = RunRecorder(tmp_path / "dead", {"run_config": {"num-server-rounds": 3}}, ["block5"], 0.75)
-    dead.results["process"]["pid"] = int(gone.stdout)
+    dead.results["process"]["pid"] = _gone_pid()
     dead.write()
     status, line = run_status(dead.run_dir)
     assert status == "killed" and "its process is gone" in line
+
+
+def test_a_stopped_campaign_records_its_run_interrupted_when_the_serverapp_could_not(tmp_path):
+    """The campaign's stop ended the ServerApp before its exit handler wrote: the campaign writes
+    "interrupted" itself, so the run reads as resumable, not as running or killed. A run whose
+    process still lives is left alone."""
+    from mefl.campaigns import record_abandoned, run_status
+
+    for name in ("stopped", "live"):
+        (tmp_path / name / "attempt").mkdir(parents=True)
+    stopped = RunRecorder(tmp_path / "stopped" / "attempt", {"run_config": {"num-server-rounds": 3}}, ["block5"], 0.75)
+    stopped.results["process"]["pid"] = _gone_pid()
+    stopped.write()
+    live = RunRecorder(tmp_path / "live" / "attempt", {"run_config": {"num-server-rounds": 3}}, ["block5"], 0.75)
+    for folder in ("stopped", "live"):
+        record_abandoned(tmp_path / folder)
+    status, line = run_status(tmp_path / "stopped")
+    assert status == "interrupted" and "ServerApp was ended" in line
+    assert json.loads((stopped.run_dir / "results.json").read_text())["finished_at"]
+    assert run_status(live.run_dir)[0] == "running"

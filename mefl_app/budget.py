@@ -147,7 +147,7 @@ def measure_levels(
     for level in range(1, settings.num_exits + 1):
         model = build(level).to(device)
         generator = torch.Generator().manual_seed(settings.seed)
-        memory_mb = _peak_step_memory_mb(model, sample, one_step, device, generator)  # also the warm-up
+        memory_mb = peak_step_memory_mb(model, sample, one_step, device, generator)  # also the warm-up
         times = []
         for _ in range(TIMED_STEPS):
             start = clock()
@@ -160,9 +160,10 @@ def measure_levels(
     return costs
 
 
-def _peak_step_memory_mb(
+def peak_step_memory_mb(
     model: torch.nn.Module, sample: TensorData, settings: RunSettings, device: torch.device, generator
 ) -> float:
+    """Peak memory (MB) of one training step of ``model`` on ``sample`` (module docstring)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)

@@ -3,9 +3,13 @@ aggregation and tracking, with central evaluation of the global model after ever
 
 from __future__ import annotations
 
+import copy
+from collections import Counter
 from collections.abc import Callable
 from logging import INFO, WARNING
+from typing import Any
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
@@ -13,13 +17,14 @@ from flwr.serverapp.strategy import Strategy
 from flwr.supercore.exit import add_exit_handler
 from torch import nn
 
-from . import metrics
-from .data.tensors import TaskData
+from . import cohort, metrics
+from .budget import peak_step_memory_mb
+from .data.tensors import TaskData, TensorData
 from .device import select_device
 from .evaluate import evaluate_exits
 from .runtime_check import check_runtime_environment
-from .server.census import take_census
-from .server.cohort_grid import CohortGrid
+from .server.census import LEVEL_CHOICE, NUM_TRAIN, take_census
+from .server.cohort_grid import AUTO_COHORT_SIZE, CohortGrid, auto_cohort_size
 from .server.exit_levels import ExitLevelAggregation
 from .server.hypernetwork import HypernetworkFill
 from .server.momentum_distillation import MomentumDistillation, momentum_pairs
@@ -74,8 +79,13 @@ def main(grid: Grid, context: Context) -> None:
         census = take_census(grid, settings, announced)
         recorder.record_federation(census)
         grid = PollingGrid(grid, settings.reply_poll_seconds)
-        if settings.cohort_size > 1:  # cohorts of clients trained as one computation (cohort.py)
-            grid = CohortGrid(grid, settings.cohort_size, census)
+        cohort_size = settings.cohort_size
+        if cohort_size == AUTO_COHORT_SIZE:
+            cohort_size, why = pick_cohort_size(settings, model, data, census)
+            recorder.describe({"cohort_size": {"size": cohort_size, "reason": why}})
+            log(INFO, "[mefl] cohort-size -1: %s", why)
+        if cohort_size > 1:  # cohorts of clients trained as one computation (cohort.py)
+            grid = CohortGrid(grid, cohort_size, census)
         tuning = settings.validation_fraction > 0  # the central test set stays unseen
         result = tracked.start(
             grid=grid,
@@ -90,6 +100,27 @@ def main(grid: Grid, context: Context) -> None:
     except BaseException as error:
         recorder.fail(error)
         raise
+
+
+def pick_cohort_size(
+    settings: RunSettings, model: nn.Module, data: TaskData, census: dict[int, dict[str, Any]]
+) -> tuple[int, str]:
+    """``cohort-size = -1``: 0 where cohorts cannot train this configuration exactly (the LSTM,
+    BatchNorm, FedProx / FedDyn terms, auto exit levels), else ``auto_cohort_size`` with one
+    client's measured training step at the deepest exit plus its largest shard."""
+    levels = [int(answer[metrics.EXIT_LEVEL]) for answer in census.values()]
+    chosen = any(LEVEL_CHOICE in answer for answer in census.values())  # a level the node measured
+    if not cohort.supports(settings, model, settings.proximal_mu, settings.strategy == "feddyn") or chosen:
+        return 0, "one client at a time: cohorts batch only the ResNet with group norm, the plain loss and fixed levels"
+    device = select_device(settings)
+    sample = TensorData(data.train.x[: settings.batch_size], data.train.y[: settings.batch_size])
+    generator = torch.Generator().manual_seed(settings.seed)
+    step_mb = peak_step_memory_mb(copy.deepcopy(model), sample, settings, device, generator)
+    largest_shard = max((int(answer.get(NUM_TRAIN, 0)) for answer in census.values()), default=0)
+    shard_mb = largest_shard * (data.train.x[0].nbytes + data.train.y[0].nbytes) / 2**20
+    free_mb = torch.cuda.mem_get_info(device)[0] / 2**20 if device.type == "cuda" else 0.0
+    largest_group = max(Counter(levels).values(), default=0)
+    return auto_cohort_size(device.type, step_mb + shard_mb, free_mb, largest_group)
 
 
 def exit_level_aggregation(

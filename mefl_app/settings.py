@@ -475,7 +475,7 @@ _RULES = {
     "hidden_size": _at_least(1),
     "torch_threads": _at_least(0),
     "exit_dropout": _between(0, 1, closed="low"),
-    "cohort_size": _at_least(0),
+    "cohort_size": _at_least(-1),
     "exit_budget_seconds": _at_least(0),
     "exit_budget_memory_mb": _at_least(0),
 }

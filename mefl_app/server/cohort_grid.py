@@ -11,6 +11,8 @@ would send it); evaluate and query messages pass through unchanged.
 
 The host node loads the other partitions' shards from ``partition-id`` (the simulation's shards);
 a deployment, where each device holds only its own data, keeps ``cohort-size`` at 0.
+
+``cohort-size = -1`` lets the device decide (``auto_cohort_size``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from .. import metrics
 from .census import NUM_TRAIN
 from .wrapping import WrappingGrid
 
+AUTO_COHORT_SIZE = -1  # cohort-size = -1: picked from the device
+GPU_MEMORY_SHARE = 0.5  # of the GPU's free memory, what one cohort's training may take
 COHORT_ACTION = "cohort"  # the ClientApp's ``@app.train("cohort")``
 PARTITIONS_KEY = "cohort-partitions"
 
@@ -36,6 +40,20 @@ def arrays_key(index: int) -> str:
 
 def metrics_key(index: int) -> str:
     return f"metrics.{index}"
+
+
+def auto_cohort_size(device: str, per_client_mb: float, free_mb: float, largest_group: int) -> tuple[int, str]:
+    """(cohort size, why) for ``cohort-size = -1``: one client at a time on a CPU, where cohorts
+    measured slower (docs/performance.md); on a GPU, whose small steps wait on kernel launches, the
+    largest cohort -- up to the biggest exit-level group -- whose clients' training steps and shards
+    (``per_client_mb`` each) fit in ``GPU_MEMORY_SHARE`` of the ``free_mb`` free."""
+    if device != "cuda":
+        return 0, f"one client at a time on the {device} (cohorts measured slower on a CPU: docs/performance.md)"
+    size = min(largest_group, int(GPU_MEMORY_SHARE * free_mb // per_client_mb)) if per_client_mb > 0 else largest_group
+    memory = f"{per_client_mb:.0f} MB a client's step and shard, {free_mb:.0f} MB free"
+    if size < 2:
+        return 0, f"one client at a time: {memory}"
+    return size, f"cohorts of up to {size} clients ({memory}, largest exit-level group {largest_group})"
 
 
 class CohortGrid(WrappingGrid):

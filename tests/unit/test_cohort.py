@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from helpers import synthetic_task
+from helpers import REPO, synthetic_task
 
 from mefl_app.cohort import CohortResNet, cohort_multi_exit_loss, train_by_level, train_cohort
 from mefl_app.model.loss import multi_exit_loss
@@ -103,3 +103,33 @@ def test_the_grouped_forward_and_loss_are_each_clients_own():
             n = int(mask[c].sum())
             want = multi_exit_loss([z[:n] for z in own], y[c, :n], distill_weight=0.5, temperature=3.0)
             torch.testing.assert_close(losses[c], want, rtol=1e-5, atol=1e-6)
+
+
+def test_an_auto_cohort_size_is_per_client_on_a_cpu_and_as_memory_allows_on_a_gpu():
+    from mefl_app.server.cohort_grid import auto_cohort_size
+
+    assert auto_cohort_size("cpu", 40.0, 0.0, 8)[0] == 0
+    assert auto_cohort_size("cuda", 40.0, 1000.0, 24)[0] == 12  # half of 1000 MB / 40 MB
+    assert auto_cohort_size("cuda", 1.0, 80_000.0, 8)[0] == 8  # no more than the largest level group
+    size, why = auto_cohort_size("cuda", 600.0, 1000.0, 8)
+    assert size == 0 and "600 MB" in why  # not even two fit
+
+
+def test_the_server_picks_no_cohorts_where_they_cannot_train_exactly_or_do_not_pay():
+    """On this CPU the measured step decides nothing: one client at a time. The LSTM, BatchNorm
+    and a level a node chose for itself get no cohorts on any device."""
+    from mefl_app.server.census import LEVEL_CHOICE, NUM_TRAIN
+    from mefl_app.server_app import pick_cohort_size
+    from mefl_app.task import initial_model
+
+    data = synthetic_task(n=64)
+    census = {node: {"exit-level": 3, NUM_TRAIN: 20} for node in range(4)}
+    for overrides, answers, reason in [
+        ({}, census, "on the cpu"),
+        ({"norm": "batch"}, census, "only the ResNet with group norm"),
+        ({}, {**census, 9: {"exit-level": 2, NUM_TRAIN: 5, LEVEL_CHOICE: {}}}, "fixed levels"),
+    ]:
+        settings = RunSettings.from_app_dir(REPO, {"task": "fmnist", "device": "cpu", **overrides})
+        model = initial_model(settings, data.num_classes, data.input_shape)
+        size, why = pick_cohort_size(settings, model, data, answers)
+        assert size == 0 and reason in why, why

@@ -16,6 +16,8 @@
 #                                            # `python -m mefl_app.experiments run` on the GPU for at
 #                                            # most SECONDS; a stopped run can be continued anywhere
 #                                            # (DEVICE=cpu with GPUS_PER_CLIENT 0: the same on CPUs)
+#                                            # RUN_CONFIG="cohort-size=-1": further run-config
+#                                            # overrides, here cohorts sized from the GPU's memory
 #
 # Why this shape: the GPU machine lent to sessions has PyTorch but neither Flower nor Ray, no
 # internet, and receives at most 64 MiB of files a call, the checkout (26 MB) included. `measure`
@@ -114,7 +116,7 @@ study() {
         dmon=$!
     fi
     timeout "$seconds" /tmp/venv/bin/python -m mefl_app.experiments run --task fmnist --seeds "$seed" --variants "$variant" \
-        --gpus-per-client "$gpus" --out /tmp/study --run-config "data-dir='$PWD/$GPU_DIR/data' device='${DEVICE:-cuda}'" 2>&1 | tee "$out/experiments.log" \
+        --gpus-per-client "$gpus" --out /tmp/study --run-config "data-dir='$PWD/$GPU_DIR/data' device='${DEVICE:-cuda}' ${RUN_CONFIG:-}" 2>&1 | tee "$out/experiments.log" \
         || echo "stopped after $seconds s (or failed): the run folder holds every finished round" | tee -a "$out/experiments.log"
     [ -z "$dmon" ] || kill "$dmon" || true
     tar czf "$out/study.tar.gz" --exclude .work -C /tmp study  # the run folder, checkpoint included

@@ -1,4 +1,4 @@
-"""Issue 6 benchmark: the Flower app's per-round cost against a plain-PyTorch loop doing the
+"""The Flower app's per-round cost against a plain-PyTorch loop doing the
 same work, in ONE run on the same machine.
 
 (a) the app through ``flwr run`` and the simulation engine (private SuperLink, Ray), for two

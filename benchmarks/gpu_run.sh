@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 6's GPU measurement: the app (a real local deployment, one SuperNode per client) against
+# The GPU measurements: the app (a real local deployment, one SuperNode per client) against
 # the plain-PyTorch loop, both on one GPU, Fashion-MNIST at the study's shard layout.
 #
 #   benchmarks/gpu_run.sh prepare            # here: downloads Flower's wheels into .gpu/ (ignored)

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from .data.tensors import TensorData
 from .health import NonFiniteError
+from .model.loss import combine_exit_losses
 from .model.resnet import MultiExitResNet
 from .settings import RunSettings
 
@@ -188,35 +189,14 @@ def cohort_multi_exit_loss(
     def ce(z: Tensor) -> Tensor:
         return mean(F.cross_entropy(z.flatten(0, 1), target.flatten(), reduction="none").view_as(mask))
 
-    def kl(student: Tensor, teacher_logits: Tensor) -> Tensor:
+    def distill(student: Tensor, teachers: Sequence[Tensor]) -> Tensor:
         log_student = F.log_softmax(student / temperature, dim=2)
-        soft = F.softmax(teacher_logits.detach() / temperature, dim=2)
-        return mean(F.kl_div(log_student, soft, reduction="none").sum(dim=2))
+        return sum(
+            mean(F.kl_div(log_student, F.softmax(t.detach() / temperature, dim=2), reduction="none").sum(dim=2))
+            for t in teachers
+        )
 
-    if teacher == "mutual":
-        total = torch.zeros(len(mask), device=mask.device)
-        for k, student in enumerate(logits):
-            if weights[k] == 0:
-                continue
-            term = ce(student)
-            if distill_weight > 0 and len(logits) > 1:
-                distill = sum(kl(student, other) for j, other in enumerate(logits) if j != k)
-                term = term + distill_weight / (len(logits) - 1) * temperature**2 * distill
-            total = total + weights[k] * term
-        return total
-    *students, deepest = logits
-    total = weights[-1] * ce(deepest)
-    for k, student in enumerate(students):
-        if weights[k] == 0:
-            continue
-        if distill_weight == 0.0:
-            total = total + weights[k] * ce(student)
-            continue
-        teacher_logits = logits[k + 1] if teacher == "next" else deepest
-        label_weight = 1.0 if teacher == "last-additive" else 1.0 - distill_weight
-        term = label_weight * ce(student) + distill_weight * temperature**2 * kl(student, teacher_logits)
-        total = total + weights[k] * term
-    return total
+    return combine_exit_losses(logits, ce, distill, distill_weight, temperature, teacher, weights)
 
 
 @dataclass

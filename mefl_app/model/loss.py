@@ -13,7 +13,7 @@ Teachers are always detached, so distillation never pulls a teacher towards its 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -60,40 +60,56 @@ def multi_exit_loss(
     if len(weights) != len(logits) or any(w < 0 for w in weights):
         raise ValueError(f"exit_weights must be {len(logits)} numbers >= 0, got {exit_weights!r}")
 
+    def cross_entropy(z: Tensor) -> Tensor:
+        return F.cross_entropy(z, target)
+
+    def distill(student: Tensor, teachers: Sequence[Tensor]) -> Tensor:
+        log_student = F.log_softmax(student / temperature, dim=1)
+        return sum(
+            F.kl_div(log_student, F.softmax(t.detach() / temperature, dim=1), reduction="batchmean") for t in teachers
+        )
+
+    return combine_exit_losses(logits, cross_entropy, distill, distill_weight, temperature, teacher, weights)
+
+
+def combine_exit_losses(
+    logits: Sequence[Tensor],
+    cross_entropy: Callable[[Tensor], Tensor],
+    distill: Callable[[Tensor, Sequence[Tensor]], Tensor],
+    distill_weight: float,
+    temperature: float,
+    teacher: str,
+    weights: Sequence[float],
+) -> Tensor:
+    """The terms of ``multi_exit_loss`` (its docstring) from a cross-entropy of one exit's logits
+    and a distillation -- the summed KL(teacher || student) over teachers, teachers detached, before
+    the T^2 factor -- so that one model's loss and a cohort's per-client losses (cohort.py) weigh
+    and combine the same terms."""
     if teacher == "mutual":
-        return _mutual_loss(logits, target, distill_weight, temperature, weights)
+        total = None
+        for k, student in enumerate(logits):
+            if weights[k] == 0:  # an exit that does not learn: no term, so its head gets no gradient at all
+                continue
+            term = cross_entropy(student)
+            if distill_weight > 0 and len(logits) > 1:
+                others = [other for j, other in enumerate(logits) if j != k]
+                term = term + distill_weight / (len(logits) - 1) * temperature**2 * distill(student, others)
+            total = weights[k] * term if total is None else total + weights[k] * term
+        return total
     *students, deepest = logits
-    total = weights[-1] * F.cross_entropy(deepest, target)
+    total = weights[-1] * cross_entropy(deepest)
     for k, student in enumerate(students):
         if weights[k] == 0:  # an exit that does not learn: no term, so its head gets no gradient at all
             continue
-        ce = F.cross_entropy(student, target)
+        ce = cross_entropy(student)
         if distill_weight == 0.0:
             total = total + weights[k] * ce
             continue
         teacher_logits = logits[k + 1] if teacher == "next" else deepest
-        soft_target = F.softmax(teacher_logits.detach() / temperature, dim=1)
-        kl = F.kl_div(F.log_softmax(student / temperature, dim=1), soft_target, reduction="batchmean")
         label_weight = 1.0 if teacher == "last-additive" else 1.0 - distill_weight
-        total = total + weights[k] * (label_weight * ce + distill_weight * temperature**2 * kl)
-    return total
-
-
-def _mutual_loss(logits: Sequence[Tensor], target: Tensor, weight: float, temperature: float, exit_weights) -> Tensor:
-    total = None
-    for k, student in enumerate(logits):
-        if exit_weights[k] == 0:  # an exit that does not learn: no term, so its head gets no gradient at all
-            continue
-        term = F.cross_entropy(student, target)
-        if weight > 0 and len(logits) > 1:
-            log_student = F.log_softmax(student / temperature, dim=1)
-            kl = sum(
-                F.kl_div(log_student, F.softmax(other.detach() / temperature, dim=1), reduction="batchmean")
-                for j, other in enumerate(logits)
-                if j != k
-            )
-            term = term + weight / (len(logits) - 1) * temperature**2 * kl
-        total = exit_weights[k] * term if total is None else total + exit_weights[k] * term
+        total = total + weights[k] * (
+            label_weight * ce + distill_weight * temperature**2 * distill(student, [teacher_logits])
+        )
     return total
 
 

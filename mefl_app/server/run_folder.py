@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord
 from flwr.common.logger import log
+from flwr.supercore.run import RunNotRunningException
 
 from ..files import write_atomically
 from ..health import strict_json
@@ -288,6 +289,9 @@ class RunRecorder:
         reason = "".join(traceback.format_exception_only(type(error), error)).strip()
         if isinstance(error, (KeyboardInterrupt, SystemExit)):
             self.interrupt(f"stopped by {type(error).__name__}")
+            return
+        if isinstance(error, RunNotRunningException):  # the SuperLink refuses a stopped run's calls
+            self.interrupt("the SuperLink stopped the run (flwr stop)")
             return
         with self._lock:
             if self.results["status"] == "running":

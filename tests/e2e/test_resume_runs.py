@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import REPO, write_idx_fashion_mnist
+from helpers import REPO, only_results, write_idx_fashion_mnist
 
 from mefl.campaigns import completed_results, run_configs
-from mefl.runtime.processes import descendants, process_alive
+from mefl.runtime.processes import BIN, descendants, process_alive, run_config_arg
 from mefl_app.server.run_folder import RESULTS_FILE
 
 pytestmark = pytest.mark.e2e
@@ -110,3 +110,26 @@ def test_a_killed_campaign_leaves_no_processes_and_continues(tmp_path):
     continued = completed_results(out / "runs" / "me-seed0")
     assert [r["round"] for r in continued["rounds"]] == list(range(1, 16))
     assert continued["resumed"][0]["after_round"] == stopped["checkpoint"]["round"]
+
+
+def test_flwr_stop_records_the_run_as_interrupted_and_resumable(superlink, small_fmnist, tmp_path):
+    """``flwr stop`` of a running simulation: the run reads as interrupted (resumable), with its
+    checkpoint, not as failed."""
+    out = tmp_path / "out"
+    config = {"data-dir": small_fmnist, "output-dir": out, "local-epochs": 1, "min-partition-size": 10}
+    config["num-server-rounds"] = 30
+    command = [str(BIN / "flwr"), "run", str(REPO), "test", "--format", "json", "--run-config", run_config_arg(config)]
+    started = subprocess.run(
+        [*command, "--federation-config", "num-supernodes=3"], env=superlink.env, capture_output=True, text=True
+    )
+    run_id = json.loads(started.stdout)["run-id"]
+    deadline = time.monotonic() + 300
+    while not any(json.loads(p.read_text()).get("checkpoint") for p in out.glob("*/results.json")):
+        assert time.monotonic() < deadline, "no round finished"
+        time.sleep(0.5)
+    subprocess.run([str(BIN / "flwr"), "stop", run_id, "test"], env=superlink.env, check=True, capture_output=True)
+    deadline = time.monotonic() + 120
+    while (results := only_results(out))["status"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert results["status"] == "interrupted", results.get("error")
+    assert results["checkpoint"]["round"] >= 1 and len(results["rounds"]) < 30

@@ -9,6 +9,7 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, RecordDict
 from flwr.serverapp.strategy import FedAvg
+from flwr.supercore.run import RunNotRunningException
 from helpers import synthetic_task
 
 from mefl_app import metrics
@@ -135,6 +136,7 @@ def test_results_json_is_strict_json(tmp_path):
         (RuntimeError("boom"), "failed"),
         (KeyboardInterrupt(), "interrupted"),
         (SystemExit(3), "interrupted"),
+        (RunNotRunningException(), "interrupted"),  # the ServerApp's next call after ``flwr stop``
     ],
 )
 def test_a_stop_by_a_signal_is_recorded_as_interrupted_and_a_fault_as_failed(tmp_path, error, status):

@@ -49,11 +49,15 @@ def train_local(
     optimizer = torch.optim.SGD(
         model.parameters(), lr=settings.learning_rate, momentum=settings.momentum, weight_decay=settings.weight_decay
     )
-    anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 or feddyn else None
+    # The penalties pull only what the loss trains: the head of an exit of weight 0 stays untouched,
+    # as without them (a zero gradient would still let weight decay and momentum move it).
+    idle = {id(p) for k, w in enumerate(exit_weights or ()) if w == 0 for p in model.exits[k].parameters()}
+    trained = [p for p in model.parameters() if id(p) not in idle]
+    anchor = [p.detach().clone() for p in trained] if proximal_mu > 0 or feddyn else None
     if distill_weight is None:
         distill_weight = settings.distill_weight
     if feddyn is not None:
-        state = [feddyn.grads[name].to(device) for name, _ in model.named_parameters()]
+        state = [feddyn.grads[name].to(device) for name, p in model.named_parameters() if id(p) not in idle]
     x, y = data.x.to(device), data.y.to(device)
     loss_sum, steps = torch.zeros((), device=device), 0
     for epoch in range(1, settings.local_epochs + 1):
@@ -70,10 +74,10 @@ def train_local(
                 exit_weights=exit_weights,
             )
             if proximal_mu > 0:
-                loss = loss + proximal_mu / 2 * sum((p - a).pow(2).sum() for p, a in zip(model.parameters(), anchor))
+                loss = loss + proximal_mu / 2 * sum((p - a).pow(2).sum() for p, a in zip(trained, anchor))
             if feddyn is not None:
-                linear = sum((p * g).sum() for p, g in zip(model.parameters(), state))
-                quadratic = sum((p - a).pow(2).sum() for p, a in zip(model.parameters(), anchor))
+                linear = sum((p * g).sum() for p, g in zip(trained, state))
+                quadratic = sum((p - a).pow(2).sum() for p, a in zip(trained, anchor))
                 loss = loss - linear + feddyn.alpha / 2 * quadratic
             if not torch.isfinite(loss):
                 raise NonFiniteError(f"non-finite training loss ({loss.item()}) in local epoch {epoch}, step {step}")
@@ -91,6 +95,7 @@ def train_local(
         raise NonFiniteError(f"non-finite parameters after local training: {', '.join(diverged[:3])}")
     if feddyn is not None:
         with torch.no_grad():
-            for (name, p), a in zip(model.named_parameters(), anchor):
+            named = [(name, p) for name, p in model.named_parameters() if id(p) not in idle]
+            for (name, p), a in zip(named, anchor):
                 feddyn.grads[name] = (feddyn.grads[name].to(device) - feddyn.alpha * (p - a)).cpu()
     return float(loss_sum) / max(steps, 1)

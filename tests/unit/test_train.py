@@ -6,7 +6,7 @@ from mefl_app.device import select_device
 from mefl_app.evaluate import evaluate_exits
 from mefl_app.model.resnet import MultiExitResNet
 from mefl_app.settings import RunSettings
-from mefl_app.train import train_local
+from mefl_app.train import FedDynState, train_local
 
 CPU = torch.device("cpu")
 
@@ -68,6 +68,25 @@ def test_exit_loss_weights_reach_local_training(task_data):
         any(not torch.equal(b, p) for b, p in zip(old, head.parameters())) for old, head in zip(before, model.exits)
     ]
     assert changed == [False, False, True]
+
+
+@pytest.mark.parametrize("penalty", ["fedprox", "feddyn"])
+def test_fedprox_and_feddyn_leave_the_heads_of_exits_of_weight_0_untouched(task_data, penalty):
+    """Own-exit training with weight decay: the penalties reach only what the loss trains, so the
+    heads of exits 1-2 (weight 0) stay exactly as they were, and exit 3's moves."""
+    settings = RunSettings(local_epochs=1, weight_decay=1e-3, exit_training="own-exit")
+    torch.manual_seed(3)
+    model = MultiExitResNet()
+    before = [[p.detach().clone() for p in head.parameters()] for head in model.exits]
+    state = FedDynState(0.1, {n: torch.full_like(p, 0.01) for n, p in model.named_parameters()})
+    extra = {"proximal_mu": 0.5} if penalty == "fedprox" else {"feddyn": state}
+    train_local(model, task_data.train, settings, generator=torch.Generator().manual_seed(4), device=CPU, **extra)
+    changed = [
+        any(not torch.equal(b, p) for b, p in zip(old, head.parameters())) for old, head in zip(before, model.exits)
+    ]
+    assert changed == [False, False, True]
+    if penalty == "feddyn":  # an untouched head's state keeps its value: g - alpha * 0
+        assert torch.equal(state.grads["exits.0.3.weight"], torch.full_like(model.exits[0][3].weight, 0.01))
 
 
 def test_proximal_term_keeps_weights_closer_to_the_global_model(task_data):

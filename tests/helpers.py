@@ -91,3 +91,16 @@ def only_results(output_dir: Path) -> dict:
     files = sorted(output_dir.glob("*/results.json"))
     assert len(files) == 1, f"expected one run folder in {output_dir}, found {files}"
     return json.loads(files[0].read_text())
+
+
+SHORT_RUN = {"num-server-rounds": 2, "local-epochs": 1, "min-partition-size": 10}  # the end-to-end tests' runs
+
+
+def completed_run(superlink, config: dict, clients: int) -> dict:
+    """Run the app with ``config`` on ``clients`` simulated clients of ``superlink``; the results
+    of the run, which must have completed, from its ``output-dir``."""
+    proc = superlink.run(REPO, config, num_supernodes=clients)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = only_results(Path(config["output-dir"]))
+    assert results["status"] == "completed", (results.get("error"), proc.stdout[-3000:])
+    return results

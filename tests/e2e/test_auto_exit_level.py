@@ -5,7 +5,7 @@ from the replies and results.json says what was measured and why."""
 
 import pytest
 import torch
-from helpers import REPO, only_results, synthetic_task
+from helpers import SHORT_RUN, completed_run, synthetic_task
 
 from mefl_app.budget import Budget, measure_levels
 from mefl_app.settings import RunSettings
@@ -18,10 +18,8 @@ def test_auto_exit_levels_from_the_clients_budgets(superlink, small_fmnist, tmp_
     config = {
         "data-dir": small_fmnist,
         "output-dir": tmp_path / "out",
-        "num-server-rounds": 2,
-        "local-epochs": 1,
         "batch-size": 8,
-        "min-partition-size": 10,
+        **SHORT_RUN,
         "exit-profile": "auto:2,3:1",
         "slowdown-profile": "1e12:1",
         "exit-budget-seconds": 1e6,
@@ -35,10 +33,7 @@ def test_auto_exit_levels_from_the_clients_budgets(superlink, small_fmnist, tmp_
         Budget(),
     )
     config["exit-budget-memory-mb"] = (costs[1].peak_memory_mb + costs[2].peak_memory_mb) / 2
-    proc = superlink.run(REPO, config, num_supernodes=3)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    results = only_results(tmp_path / "out")
-    assert results["status"] == "completed", results.get("error")
+    results = completed_run(superlink, config, 3)
     federation = results["federation"]
     slow, fits, fixed = (federation[str(p)] for p in range(3))
     assert slow["exit-level-choice"]["trains"] == 0 and "sits out" in slow["exit-level-choice"]["reason"]

@@ -2,7 +2,7 @@
 clients at each exit level: each completes and records the ensemble beside the exits."""
 
 import pytest
-from helpers import REPO, only_results, write_unimib_shar
+from helpers import SHORT_RUN, completed_run, write_unimib_shar
 
 from mefl_app.settings import METHODS
 
@@ -15,15 +15,10 @@ def test_every_method_runs_two_rounds_with_clients_at_every_exit_level(superlink
         "method": method,
         "data-dir": small_fmnist,
         "output-dir": tmp_path / "out",
-        "num-server-rounds": 2,
-        "local-epochs": 1,
-        "min-partition-size": 10,
+        **SHORT_RUN,
         "exit-profile": "1:1,2:1,3:1",
     }
-    proc = superlink.run(REPO, config, num_supernodes=3)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    results = only_results(tmp_path / "out")
-    assert results["status"] == "completed", results.get("error")
+    results = completed_run(superlink, config, 3)
     assert results["run_config"]["method"] == method
     assert results["strategy"] == ("FedDyn" if method == "depthfl" else "FedAvg")
     for entry in results["rounds"]:
@@ -41,16 +36,11 @@ def test_inclusivefls_momentum_distillation_blends_the_lstms_top_layers(superlin
         "task": "har",
         "data-dir": write_unimib_shar(tmp_path_factory.mktemp("har"), n=240, num_classes=4),
         "output-dir": tmp_path / "out",
-        "num-server-rounds": 2,
-        "local-epochs": 1,
         "hidden-size": 16,
-        "min-partition-size": 10,
+        **SHORT_RUN,
         "exit-profile": "1:1,2:1,3:1",
     }
-    proc = superlink.run(REPO, config, num_supernodes=3)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    results = only_results(tmp_path / "out")
-    assert results["status"] == "completed", results.get("error")
+    results = completed_run(superlink, config, 3)
     blended = results["momentum_distillation"]
     assert blended["1"] == ["layers.0.weight_hh_l0", "layers.0.bias_ih_l0", "layers.0.bias_hh_l0"]
     assert blended["2"] == [f"layers.1.{n}" for n in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")]

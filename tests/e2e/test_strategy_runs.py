@@ -2,7 +2,7 @@
 simulation engine. The runs share one Ray cluster (started once) instead of one Ray start each."""
 
 import pytest
-from helpers import REPO, only_results, write_idx_fashion_mnist
+from helpers import SHORT_RUN, completed_run, write_idx_fashion_mnist
 
 from mefl.runtime.simulation import RayCluster, SimulationSuperLink
 from mefl_app.server.strategies import BUILTIN_STRATEGIES
@@ -27,15 +27,10 @@ def _run(superlink, fmnist_dir, tmp_path, **config):
     config = {
         "data-dir": fmnist_dir,
         "output-dir": tmp_path,
-        "num-server-rounds": 2,
-        "local-epochs": 1,
-        "min-partition-size": 10,
+        **SHORT_RUN,
         **config,
     }
-    proc = superlink.run(REPO, config, num_supernodes=CLIENTS)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    results = only_results(tmp_path)
-    assert results["status"] == "completed", (results.get("error"), proc.stdout[-3000:])
+    results = completed_run(superlink, config, CLIENTS)
     assert [r["round"] for r in results["rounds"]] == [1, 2]
     for entry in results["rounds"]:
         for kind in ("personalized", "global_local", "central"):

@@ -197,10 +197,9 @@ def _round_distill_weight(settings: RunSettings, server_round: int) -> float:
     )
 
 
-def _train_reply(local: LocalSetup, trains: bool, train_loss: float, train_seconds: float):
-    """(arrays, metrics) of a trained client: its model scored per exit on its local test part
-    (the personalized accuracy); a client that did not train uploads no arrays at all."""
-    scores = evaluate_exits(
+def _local_scores(local: LocalSetup) -> metrics.ExitScores:
+    """The model's per-exit and early-exit scores on this client's local test part."""
+    return evaluate_exits(
         local.model,
         local.shard.test,
         batch_size=local.settings.eval_batch_size,
@@ -208,6 +207,12 @@ def _train_reply(local: LocalSetup, trains: bool, train_loss: float, train_secon
         thresholds=local.settings.thresholds,
         exit_mflops=local.forward_mflops,
     )
+
+
+def _train_reply(local: LocalSetup, trains: bool, train_loss: float, train_seconds: float):
+    """(arrays, metrics) of a trained client: its model scored per exit on its local test part
+    (the personalized accuracy); a client that did not train uploads no arrays at all."""
+    scores = _local_scores(local)
     shard = local.shard
     samples = len(shard.train) * local.settings.local_epochs if trains else 0
     record = metrics.scores_record(
@@ -239,16 +244,22 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Score the received global model (up to this client's exit level) on the local test part,
     per exit and under the early-exit policy."""
     local = _prepare(msg, context)
-    scores = evaluate_exits(
-        local.model,
-        local.shard.test,
-        batch_size=local.settings.eval_batch_size,
-        device=local.device,
-        thresholds=local.settings.thresholds,
-        exit_mflops=local.forward_mflops,
-    )
+    scores = _local_scores(local)
     record = metrics.scores_record(local.shard.partition_id, len(local.shard.test), scores)
     return Message(RecordDict({"metrics": record}), reply_to=msg)
+
+
+@app.evaluate(COHORT_ACTION)
+def evaluate_cohort_message(msg: Message, context: Context) -> Message:
+    """Score the received global model for every partition of a cohort (``cohort-partitions``),
+    one after the other: one metrics record per partition, as each would have sent, in one message."""
+    content = {}
+    for index, partition in enumerate(msg.content["config"][PARTITIONS_KEY]):
+        local = _prepare(msg, context, int(partition))
+        content[metrics_key(index)] = metrics.scores_record(
+            local.shard.partition_id, len(local.shard.test), _local_scores(local)
+        )
+    return Message(RecordDict(content), reply_to=msg)
 
 
 @app.query()

@@ -1,13 +1,14 @@
-"""A Grid that trains clients in cohorts (``cohort-size`` > 1, ``mefl_app/cohort.py``).
+"""A Grid that trains and evaluates clients in cohorts (``cohort-size`` > 1, ``mefl_app/cohort.py``).
 
-The strategy, exit-level aggregation and tracking go on sending one train message per client and
-getting one reply per client. ``CohortGrid`` sits between them and Flower's grid: it groups the
-round's train messages by the clients' exit levels (from the census), sends each group of up to
-``cohort_size`` as ONE ``train.cohort`` message to the group's first node, whose ClientApp trains
-every partition of the group at once, and splits the combined reply back into one reply per
-client, addressed from that client's node. Bytes, metrics and aggregation therefore read exactly
-as with per-client messages (the simulation's accounting is per client, as a real deployment
-would send it); evaluate and query messages pass through unchanged.
+The strategy, exit-level aggregation and tracking go on sending one train or evaluate message per
+client and getting one reply per client. ``CohortGrid`` sits between them and Flower's grid: it
+groups the round's train (evaluate) messages by the clients' exit levels (from the census), sends
+each group of up to ``cohort_size`` as ONE ``train.cohort`` (``evaluate.cohort``) message to the
+group's first node, whose ClientApp trains every partition of the group at once (scores each one's
+model in turn), and splits the combined reply back into one reply per client, addressed from that
+client's node. So a round sends about as many messages at 500 clients as at 24, and bytes, metrics
+and aggregation read exactly as with per-client messages (the simulation's accounting is per
+client, as a real deployment would send it); query messages pass through unchanged.
 
 The host node loads the other partitions' shards from ``partition-id`` (the simulation's shards);
 a deployment, where each device holds only its own data, keeps ``cohort-size`` at 0.
@@ -30,7 +31,8 @@ from .wrapping import WrappingGrid
 
 AUTO_COHORT_SIZE = -1  # cohort-size = -1: picked from the device
 GPU_MEMORY_SHARE = 0.5  # of the GPU's free memory, what one cohort's training may take
-COHORT_ACTION = "cohort"  # the ClientApp's ``@app.train("cohort")``
+COHORT_ACTION = "cohort"  # the ClientApp's ``@app.train("cohort")`` and ``@app.evaluate("cohort")``
+BATCHED = (MessageType.TRAIN, MessageType.EVALUATE)
 PARTITIONS_KEY = "cohort-partitions"
 
 
@@ -68,17 +70,18 @@ class CohortGrid(WrappingGrid):
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         messages = list(messages)
-        train = [m for m in messages if m.metadata.message_type == MessageType.TRAIN]
-        if self.cohort_size <= 1 or not train:
+        batched = [m for m in messages if m.metadata.message_type in BATCHED]
+        if self.cohort_size <= 1 or not batched:
             return self.grid.send_and_receive(messages, timeout=timeout)
-        others = [m for m in messages if m.metadata.message_type != MessageType.TRAIN]
-        groups: dict[tuple[int, tuple[str, ...]], list[Message]] = {}
-        for message in train:  # one exit level per cohort, and the same arrays sent to each member
+        others = [m for m in messages if m.metadata.message_type not in BATCHED]
+        groups: dict[tuple[str, int, tuple[str, ...]], list[Message]] = {}
+        for message in batched:  # one kind and exit level per cohort, the same arrays sent to each member
             level = self.level_of[message.metadata.dst_node_id]
-            groups.setdefault((level, tuple(message.content["arrays"].keys())), []).append(message)
-        cohorts: dict[int, list[Message]] = {}  # host node -> the messages its cohort stands for
+            key = (message.metadata.message_type, level, tuple(message.content["arrays"].keys()))
+            groups.setdefault(key, []).append(message)
+        cohorts: dict[tuple[int, str], list[Message]] = {}  # (host node, kind) -> the messages it stands for
         outgoing = []
-        for group in groups.values():
+        for (kind, _, _), group in groups.items():
             # Clients of similar shard sizes together: a cohort takes as many steps as its largest shard.
             group.sort(key=lambda m: self.size_of[m.metadata.dst_node_id])
             for start in range(0, len(group), self.cohort_size):
@@ -91,15 +94,16 @@ class CohortGrid(WrappingGrid):
                     Message(
                         content,
                         dst_node_id=host.metadata.dst_node_id,
-                        message_type=f"{MessageType.TRAIN}.{COHORT_ACTION}",
+                        message_type=f"{kind}.{COHORT_ACTION}",
                         group_id=host.metadata.group_id,
                     )
                 )
-                cohorts[host.metadata.dst_node_id] = members
+                cohorts[(host.metadata.dst_node_id, kind)] = members
         replies = []
         for reply in self.grid.send_and_receive(outgoing + others, timeout=timeout):
-            members = cohorts.get(reply.metadata.src_node_id)
-            if members is None or not reply.metadata.message_type.endswith(COHORT_ACTION):
+            kind, _, action = reply.metadata.message_type.partition(".")
+            members = cohorts.get((reply.metadata.src_node_id, kind)) if action == COHORT_ACTION else None
+            if members is None:
                 replies.append(reply)
                 continue
             replies += [self._reply_of(reply, i, m) for i, m in enumerate(members)]
@@ -117,11 +121,13 @@ class CohortGrid(WrappingGrid):
             group_id=reply.metadata.group_id,
             created_at=reply.metadata.created_at or time.time(),
             ttl=reply.metadata.ttl,
-            message_type=MessageType.TRAIN,
+            message_type=member.metadata.message_type,
         )
         if reply.has_error():
             host = reply.metadata.src_node_id
             error = Error(reply.error.code, f"in the cohort hosted by node {host}: {reply.error.reason}")
             return Message(error=error, metadata=metadata)
-        content = RecordDict({"arrays": reply.content[arrays_key(index)], "metrics": reply.content[metrics_key(index)]})
+        content = RecordDict({"metrics": reply.content[metrics_key(index)]})
+        if arrays_key(index) in reply.content:  # a train reply
+            content["arrays"] = reply.content[arrays_key(index)]
         return Message(content=content, metadata=metadata)

@@ -3,7 +3,7 @@ clients train in cohorts (``cohort-size``) matches the per-client run, round by 
 strategies, tracking and results see one reply per client."""
 
 import pytest
-from helpers import REPO, only_results
+from helpers import REPO, SHORT_RUN, completed_run
 
 pytestmark = pytest.mark.e2e
 
@@ -12,18 +12,12 @@ def _run(superlink, small_fmnist, out, **extra):
     config = {
         "data-dir": small_fmnist,
         "output-dir": out,
-        "num-server-rounds": 2,
-        "local-epochs": 1,
-        "min-partition-size": 10,
+        **SHORT_RUN,
         "exit-dropout": 0.0,
         "exit-profile": "1:1,3:3",
         **extra,
     }
-    proc = superlink.run(REPO, config, num_supernodes=4)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    results = only_results(out)
-    assert results["status"] == "completed", results.get("error")
-    return results
+    return completed_run(superlink, config, 4)
 
 
 def test_a_cohort_run_matches_the_per_client_run(superlink, small_fmnist, tmp_path):
@@ -32,12 +26,14 @@ def test_a_cohort_run_matches_the_per_client_run(superlink, small_fmnist, tmp_pa
     central_size = alone["data"]["central_test_size"]
     for a, c in zip(alone["rounds"], cohorts["rounds"]):
         assert c["replies"]["train"]["ok"] == 4 and c["aggregated_partitions"] == [0, 1, 2, 3]
+        assert c["replies"]["evaluate"]["ok"] == 4  # evaluated in cohorts too, one reply per client
         assert c["bytes_up"] == a["bytes_up"] and c["bytes_down"] == a["bytes_down"]  # as if sent per client
         for name in ("block1", "block3", "block5"):
             got, want = c["central"][name], a["central"][name]
             assert got["loss"] == pytest.approx(want["loss"], rel=1e-3)
             assert abs(got["accuracy"] - want["accuracy"]) <= 1 / central_size + 1e-9
-            assert c["personalized"][name]["per_client"].keys() == a["personalized"][name]["per_client"].keys()
+            for kind in ("personalized", "global_local"):
+                assert c[kind][name]["per_client"].keys() == a[kind][name]["per_client"].keys()
         assert c["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
 
 

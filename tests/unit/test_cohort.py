@@ -133,3 +133,47 @@ def test_the_server_picks_no_cohorts_where_they_cannot_train_exactly_or_do_not_p
         model = initial_model(settings, data.num_classes, data.input_shape)
         size, why = pick_cohort_size(settings, model, data, answers)
         assert size == 0 and reason in why, why
+
+
+@pytest.mark.usefixtures("task_identity")
+def test_the_cohort_grid_sends_one_message_per_cohort_and_answers_for_every_client():
+    """Train and evaluate messages of 4 clients at one level, cohorts of 2: the grid below sees two
+    ``train.cohort`` (then ``evaluate.cohort``) messages, the strategy gets 4 replies, each from its
+    client's node with that client's record; query messages pass through."""
+    from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+
+    from mefl_app.server.cohort_grid import PARTITIONS_KEY, CohortGrid, arrays_key, metrics_key
+
+    class Below:
+        sent: list[Message] = []
+
+        def send_and_receive(self, messages, *, timeout=None):
+            replies = []
+            for m in messages:
+                self.sent.append(m)
+                content = {}
+                for i, partition in enumerate(m.content["config"].get(PARTITIONS_KEY, [])):
+                    content[metrics_key(i)] = MetricRecord({"partition-id": partition})
+                    if m.metadata.message_type.startswith(MessageType.TRAIN):
+                        content[arrays_key(i)] = ArrayRecord({"w": torch.full((1,), float(partition))})
+                replies.append(Message(RecordDict(content), reply_to=m))
+            return replies
+
+    census = {node: {"partition-id": node - 10, "exit-level": 3, "num-train": node} for node in (10, 11, 12, 13)}
+    grid = CohortGrid(Below(), 2, census)
+    for kind in (MessageType.TRAIN, MessageType.EVALUATE):
+        Below.sent.clear()
+        messages = [
+            Message(RecordDict({"arrays": ArrayRecord(), "config": ConfigRecord({})}), dst_node_id=n, message_type=kind)
+            for n in census
+        ]
+        replies = list(grid.send_and_receive(messages))
+        assert [m.metadata.message_type for m in Below.sent] == [f"{kind}.cohort"] * 2
+        assert [m.content["config"][PARTITIONS_KEY] for m in Below.sent] == [[0, 1], [2, 3]]
+        assert sorted(r.metadata.src_node_id for r in replies) == [10, 11, 12, 13]
+        for reply in replies:
+            assert reply.metadata.message_type == kind
+            assert reply.content["metrics"]["partition-id"] == reply.metadata.src_node_id - 10
+            assert ("arrays" in reply.content) == (kind == MessageType.TRAIN)
+            if kind == MessageType.TRAIN:  # that client's own arrays
+                assert reply.content["arrays"]["w"].numpy()[0] == reply.metadata.src_node_id - 10

@@ -231,6 +231,12 @@ def main() -> None:
         "--cohort-sizes", type=int, nargs="*", default=[], help="also the app with cohort-size K, one arm per K"
     )
     parser.add_argument(
+        "--only",
+        nargs="+",
+        default=[],
+        help="run only the arms whose name contains one of these (e.g. 'plain, 1 thread' 'x 1 thread')",
+    )
+    parser.add_argument(
         "--compare-polling",
         action="store_true",
         help="also run the app with Flower's own 3 s reply polling (reply-poll-seconds=3)",
@@ -308,6 +314,10 @@ def main() -> None:
             runs[f"app, {args.cores} clients x 1 thread, Flower's 3 s reply polling"] = lambda: run_app(
                 task_config, args.clients, args.rounds, 1, 1, work, **{"reply-poll-seconds": 3.0}
             )
+        if args.only:
+            runs = {name: fn for name, fn in runs.items() if any(part in name for part in args.only)}
+            if not any(name.startswith("plain") for name in runs):
+                parser.error("--only must keep a plain arm: every ratio is to the best plain loop")
         report["runs"], report["finished"] = {}, False
         for name, fn in runs.items():
             print(f"running: {name}", flush=True)

@@ -115,7 +115,8 @@ def pick_cohort_size(
     device = select_device(settings)
     sample = TensorData(data.train.x[: settings.batch_size], data.train.y[: settings.batch_size])
     generator = torch.Generator().manual_seed(settings.seed)
-    step_mb = peak_step_memory_mb(copy.deepcopy(model), sample, settings, device, generator)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the run's streams stay as they are
+        step_mb = peak_step_memory_mb(copy.deepcopy(model), sample, settings, device, generator)
     largest_shard = max((int(answer.get(NUM_TRAIN, 0)) for answer in census.values()), default=0)
     shard_mb = largest_shard * (data.train.x[0].nbytes + data.train.y[0].nbytes) / 2**20
     free_mb = torch.cuda.mem_get_info(device)[0] / 2**20 if device.type == "cuda" else 0.0

@@ -52,12 +52,13 @@ def train_local(
     # The penalties pull only what the loss trains: the head of an exit of weight 0 stays untouched,
     # as without them (a zero gradient would still let weight decay and momentum move it).
     idle = {id(p) for k, w in enumerate(exit_weights or ()) if w == 0 for p in model.exits[k].parameters()}
-    trained = [p for p in model.parameters() if id(p) not in idle]
+    named = [(name, p) for name, p in model.named_parameters() if id(p) not in idle]
+    trained = [p for _, p in named]
     anchor = [p.detach().clone() for p in trained] if proximal_mu > 0 or feddyn else None
     if distill_weight is None:
         distill_weight = settings.distill_weight
     if feddyn is not None:
-        state = [feddyn.grads[name].to(device) for name, p in model.named_parameters() if id(p) not in idle]
+        state = [feddyn.grads[name].to(device) for name, _ in named]
     x, y = data.x.to(device), data.y.to(device)
     loss_sum, steps = torch.zeros((), device=device), 0
     for epoch in range(1, settings.local_epochs + 1):
@@ -95,7 +96,6 @@ def train_local(
         raise NonFiniteError(f"non-finite parameters after local training: {', '.join(diverged[:3])}")
     if feddyn is not None:
         with torch.no_grad():
-            named = [(name, p) for name, p in model.named_parameters() if id(p) not in idle]
             for (name, p), a in zip(named, anchor):
                 feddyn.grads[name] = (feddyn.grads[name].to(device) - feddyn.alpha * (p - a)).cpu()
     return float(loss_sum) / max(steps, 1)

@@ -129,36 +129,41 @@ def run_configs(
             failed = []
             for name, config in todo.items():
                 folder = out / "runs" / name
-                folder.mkdir(parents=True, exist_ok=True)
-                stopped = stopped_attempt(folder, config)
-                if stopped is not None:
-                    config = {**config, "resume-from": str(stopped.resolve())}
-                log(
-                    f"[mefl] {name}: started {datetime.now(UTC):%H:%M:%S} UTC"
-                    + (f", continuing {stopped.name}" if stopped else "")
-                )
-                started = time.perf_counter()
-                with open(folder / "flwr-run.log", "a") as stream:
-                    link.run(
-                        APP_DIR,
-                        {**config, "output-dir": folder.resolve()},
-                        clients,
-                        timeout=7 * 24 * 3600,
-                        num_cpus=cpus_per_client,
-                        num_gpus=gpus_per_client,
-                        stdout=stream,
-                    )
-                seconds = time.perf_counter() - started
-                if is_done(folder, config):
-                    log(f"[mefl] {name}: completed in {seconds:.0f} s")
-                else:
+                if not _run_one(link, name, config, folder, clients, cpus_per_client, gpus_per_client, log):
                     failed.append(name)
-                    log(f"[mefl] {name}: NOT completed after {seconds:.0f} s: {run_status(folder)[1]}")
         return failed
     except KeyboardInterrupt:  # every process is stopped by now
         if folder is not None:
             record_abandoned(folder)
         raise
+
+
+def _run_one(link, name, config, folder, clients, cpus_per_client, gpus_per_client, log) -> bool:
+    """One configuration through ``link`` (continuing its stopped attempt); whether it completed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stopped = stopped_attempt(folder, config)
+    if stopped is not None:
+        config = {**config, "resume-from": str(stopped.resolve())}
+    log(
+        f"[mefl] {name}: started {datetime.now(UTC):%H:%M:%S} UTC" + (f", continuing {stopped.name}" if stopped else "")
+    )
+    started = time.perf_counter()
+    with open(folder / "flwr-run.log", "a") as stream:
+        link.run(
+            APP_DIR,
+            {**config, "output-dir": folder.resolve()},
+            clients,
+            timeout=7 * 24 * 3600,
+            num_cpus=cpus_per_client,
+            num_gpus=gpus_per_client,
+            stdout=stream,
+        )
+    seconds = time.perf_counter() - started
+    if is_done(folder, config):
+        log(f"[mefl] {name}: completed in {seconds:.0f} s")
+        return True
+    log(f"[mefl] {name}: NOT completed after {seconds:.0f} s: {run_status(folder)[1]}")
+    return False
 
 
 def newest_results(folder: Path) -> tuple[Path, dict[str, Any]] | None:

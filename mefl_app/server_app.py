@@ -106,8 +106,9 @@ def pick_cohort_size(
     settings: RunSettings, model: nn.Module, data: TaskData, census: dict[int, dict[str, Any]]
 ) -> tuple[int, str]:
     """``cohort-size = -1``: 0 where cohorts cannot train this configuration exactly (the LSTM,
-    BatchNorm, FedProx / FedDyn terms, auto exit levels), else ``auto_cohort_size`` with one
-    client's measured training step at the deepest exit plus its largest shard."""
+    BatchNorm, FedProx / FedDyn terms, auto exit levels), else ``auto_cohort_size`` from the
+    device, the federation's size and one client's measured training step at the deepest exit plus
+    the largest shard."""
     levels = [int(answer[metrics.EXIT_LEVEL]) for answer in census.values()]
     chosen = any(LEVEL_CHOICE in answer for answer in census.values())  # a level the node measured
     if not cohort.supports(settings, model, settings.proximal_mu, settings.strategy == "feddyn") or chosen:
@@ -121,7 +122,7 @@ def pick_cohort_size(
     shard_mb = largest_shard * (data.train.x[0].nbytes + data.train.y[0].nbytes) / 2**20
     free_mb = torch.cuda.mem_get_info(device)[0] / 2**20 if device.type == "cuda" else 0.0
     largest_group = max(Counter(levels).values(), default=0)
-    return auto_cohort_size(device.type, step_mb + shard_mb, free_mb, largest_group)
+    return auto_cohort_size(device.type, step_mb + shard_mb, free_mb, largest_group, len(census))
 
 
 def exit_level_aggregation(

@@ -18,6 +18,7 @@ a deployment, where each device holds only its own data, keeps ``cohort-size`` a
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -31,6 +32,9 @@ from .wrapping import WrappingGrid
 
 AUTO_COHORT_SIZE = -1  # cohort-size = -1: picked from the device
 GPU_MEMORY_SHARE = 0.5  # of the GPU's free memory, what one cohort's training may take
+# On a CPU: 24 clients are faster one at a time, 100 already faster in cohorts (federation_size.py).
+CPU_COHORTS_FROM = 100
+CPU_MESSAGES = 24  # a round's train (and evaluate) messages in cohorts on a CPU
 COHORT_ACTION = "cohort"  # the ClientApp's ``@app.train("cohort")`` and ``@app.evaluate("cohort")``
 BATCHED = (MessageType.TRAIN, MessageType.EVALUATE)
 PARTITIONS_KEY = "cohort-partitions"
@@ -44,13 +48,24 @@ def metrics_key(index: int) -> str:
     return f"metrics.{index}"
 
 
-def auto_cohort_size(device: str, per_client_mb: float, free_mb: float, largest_group: int) -> tuple[int, str]:
-    """(cohort size, why) for ``cohort-size = -1``: one client at a time on a CPU, where cohorts
-    measured slower (docs/performance.md); on a GPU, whose small steps wait on kernel launches, the
-    largest cohort -- up to the biggest exit-level group -- whose clients' training steps and shards
-    (``per_client_mb`` each) fit in ``GPU_MEMORY_SHARE`` of the ``free_mb`` free."""
+def auto_cohort_size(
+    device: str, per_client_mb: float, free_mb: float, largest_group: int, clients: int
+) -> tuple[int, str]:
+    """(cohort size, why) for ``cohort-size = -1``, as measured on this project's machines
+    (benchmarks/RESULTS.md). On a CPU the batched step is no faster than the per-client loop, but a
+    large federation pays Flower's per-message cost for every client: from ``CPU_COHORTS_FROM``
+    clients on, cohorts that keep a round at about ``CPU_MESSAGES`` messages; below, one client at a
+    time. On a GPU, whose small steps wait on kernel launches, the largest cohort -- up to the
+    biggest exit-level group -- whose clients' training steps and shards (``per_client_mb`` each)
+    fit in ``GPU_MEMORY_SHARE`` of the ``free_mb`` free."""
     if device != "cuda":
-        return 0, f"one client at a time on the {device} (cohorts measured slower on a CPU: docs/performance.md)"
+        size = min(largest_group, math.ceil(clients / CPU_MESSAGES)) if clients >= CPU_COHORTS_FROM else 0
+        if size < 2:
+            return 0, f"one client at a time on the {device}: {clients} clients (cohorts pay from {CPU_COHORTS_FROM})"
+        return (
+            size,
+            f"cohorts of up to {size} clients on the {device}: {clients} clients, about {CPU_MESSAGES} messages",
+        )
     size = min(largest_group, int(GPU_MEMORY_SHARE * free_mb // per_client_mb)) if per_client_mb > 0 else largest_group
     memory = f"{per_client_mb:.0f} MB a client's step and shard, {free_mb:.0f} MB free"
     if size < 2:

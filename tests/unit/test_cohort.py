@@ -105,13 +105,15 @@ def test_the_grouped_forward_and_loss_are_each_clients_own():
             torch.testing.assert_close(losses[c], want, rtol=1e-5, atol=1e-6)
 
 
-def test_an_auto_cohort_size_is_per_client_on_a_cpu_and_as_memory_allows_on_a_gpu():
+def test_an_auto_cohort_size_follows_the_measurements_on_a_cpu_and_the_memory_on_a_gpu():
     from mefl_app.server.cohort_grid import auto_cohort_size
 
-    assert auto_cohort_size("cpu", 40.0, 0.0, 8)[0] == 0
-    assert auto_cohort_size("cuda", 40.0, 1000.0, 24)[0] == 12  # half of 1000 MB / 40 MB
-    assert auto_cohort_size("cuda", 1.0, 80_000.0, 8)[0] == 8  # no more than the largest level group
-    size, why = auto_cohort_size("cuda", 600.0, 1000.0, 8)
+    assert auto_cohort_size("cpu", 40.0, 0.0, 24, 24)[0] == 0  # 24 clients: faster one at a time
+    assert auto_cohort_size("cpu", 40.0, 0.0, 100, 100)[0] == 5  # about 24 messages a round
+    assert auto_cohort_size("cpu", 40.0, 0.0, 3, 500)[0] == 3  # no more than the largest level group
+    assert auto_cohort_size("cuda", 40.0, 1000.0, 24, 24)[0] == 12  # half of 1000 MB / 40 MB
+    assert auto_cohort_size("cuda", 1.0, 80_000.0, 8, 24)[0] == 8  # no more than the largest level group
+    size, why = auto_cohort_size("cuda", 600.0, 1000.0, 8, 24)
     assert size == 0 and "600 MB" in why  # not even two fit
 
 
@@ -125,7 +127,7 @@ def test_the_server_picks_no_cohorts_where_they_cannot_train_exactly_or_do_not_p
     data = synthetic_task(n=64)
     census = {node: {"exit-level": 3, NUM_TRAIN: 20} for node in range(4)}
     for overrides, answers, reason in [
-        ({}, census, "on the cpu"),
+        ({}, census, "one client at a time on the cpu"),
         ({"norm": "batch"}, census, "only the ResNet with group norm"),
         ({}, {**census, 9: {"exit-level": 2, NUM_TRAIN: 5, LEVEL_CHOICE: {}}}, "fixed levels"),
     ]:

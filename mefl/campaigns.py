@@ -187,6 +187,11 @@ def process_alive(process: dict[str, Any]) -> bool:
     return True
 
 
+def killed(results: dict[str, Any]) -> bool:
+    """A run that still says "running" while the ServerApp process it names is gone."""
+    return results.get("status") == "running" and not process_alive(results.get("process", {}))
+
+
 def record_abandoned(folder: Path) -> None:
     """Record the newest attempt under ``folder`` as interrupted when it still says "running" but
     its ServerApp is gone: stopped with its campaign, it was ended (the stop's grace time ran out)
@@ -195,7 +200,7 @@ def record_abandoned(folder: Path) -> None:
     if found is None:
         return
     path, results = found
-    if results.get("status") != "running" or process_alive(results.get("process", {})):
+    if not killed(results):
         return
     results.update(
         status="interrupted",
@@ -219,7 +224,7 @@ def run_status(folder: Path) -> tuple[str, str]:
     status = results.get("status", "unknown")
     rounds = len([r for r in results.get("rounds", []) if "seconds" in r])
     detail = f"{status} after {rounds} of {results.get('run_config', {}).get('num-server-rounds', '?')} rounds"
-    if status == "running" and not process_alive(results.get("process", {})):
+    if killed(results):
         status = "killed"
         detail += " (its process is gone: killed outright; rerun the campaign to redo or continue it)"
     if results.get("error"):

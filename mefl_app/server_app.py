@@ -114,14 +114,16 @@ def pick_cohort_size(
     if not cohort.supports(settings, model, settings.proximal_mu, settings.strategy == "feddyn") or chosen:
         return 0, "one client at a time: cohorts batch only the ResNet with group norm, the plain loss and fixed levels"
     device = select_device(settings)
+    largest_group = max(Counter(levels).values(), default=0)
+    if device.type != "cuda":  # a CPU's cohorts follow the federation's size, not memory
+        return auto_cohort_size(device.type, 0.0, 0.0, largest_group, len(census))
     sample = TensorData(data.train.x[: settings.batch_size], data.train.y[: settings.batch_size])
     generator = torch.Generator().manual_seed(settings.seed)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the run's streams stay as they are
+    with torch.random.fork_rng(devices=[device]):  # the run's random streams stay as they are
         step_mb = peak_step_memory_mb(copy.deepcopy(model), sample, settings, device, generator)
     largest_shard = max((int(answer.get(NUM_TRAIN, 0)) for answer in census.values()), default=0)
     shard_mb = largest_shard * (data.train.x[0].nbytes + data.train.y[0].nbytes) / 2**20
-    free_mb = torch.cuda.mem_get_info(device)[0] / 2**20 if device.type == "cuda" else 0.0
-    largest_group = max(Counter(levels).values(), default=0)
+    free_mb = torch.cuda.mem_get_info(device)[0] / 2**20
     return auto_cohort_size(device.type, step_mb + shard_mb, free_mb, largest_group, len(census))
 
 

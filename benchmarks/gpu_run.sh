@@ -18,6 +18,13 @@
 #                                            # (DEVICE=cpu with GPUS_PER_CLIENT 0: the same on CPUs)
 #                                            # RUN_CONFIG="cohort-size=-1": further run-config
 #                                            # overrides, here cohorts sized from the GPU's memory
+#   benchmarks/gpu_run.sh step OUT           # a later call on the warm machine, carrying .gpu/site.tar.xz:
+#                                            # benchmarks/cohort_step.py on the GPU (one client's
+#                                            # training step against a cohort's, eager and as a CUDA graph)
+#                                            # (STEP_SIZES="8 24 96": the cohort sizes)
+#
+# Rehearsal on a CPU machine whose Python is not 3.12: GPU_PYTHON=3.11 builds the same files for
+# that Python; then stage-data, and study with DEVICE=cpu, run here as they would run there.
 #
 # Why this shape: the GPU machine lent to sessions has PyTorch but neither Flower nor Ray, no
 # internet, and receives at most 64 MiB of files a call, the checkout (26 MB) included. `measure`
@@ -29,8 +36,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GPU_DIR=.gpu
-# Wheels for the GPU machine's CPython 3.12 on x86-64.
-PLATFORM=(--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
+# Wheels for the GPU machine's CPython (3.12) on x86-64.
+PLATFORM=(--only-binary=:all: --python-version "${GPU_PYTHON:-3.12}" --implementation cp --platform manylinux_2_28_x86_64
           --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
           --platform manylinux1_x86_64)
 
@@ -65,34 +72,7 @@ measure() {
         --rounds "$rounds" --run-config "device='cuda'" --json "$out/app_vs_plain_fmnist_gpu.json" 2>&1 | tee "$out/app_vs_plain.log"
 }
 
-prepare_study() {
-    local wheels site
-    wheels=$(mktemp -d) site=$(mktemp -d)
-    [ -d "$GPU_DIR/wheels" ] || prepare
-    cp "$GPU_DIR"/wheels/*.whl "$wheels/"
-    # Ray and what it needs that the GPU machine's image lacks, at this venv's versions.
-    python -m pip download -q --no-deps "${PLATFORM[@]}" -d "$wheels" \
-        $(pins ray jsonschema jsonschema-specifications referencing rpds-py)
-    python -m pip install -q --no-deps --no-compile "${PLATFORM[@]}" --target "$site" "$wheels"/*.whl
-    # What the simulation engine never loads: Ray's Java jars, dashboard UI and ML libraries.
-    rm -rf "$site"/ray/{jars,dashboard/client,rllib,data,serve,tune,train,llm}
-    tar cf - -C "$site" . | xz -9 -T0 > "$GPU_DIR/site.tar.xz"
-    rm -rf "$wheels" "$site" "$GPU_DIR/fmnist-xz" && mkdir -p "$GPU_DIR/fmnist-xz"
-    for f in /usr/share/datasets/fashion-mnist/*-idx?-ubyte.gz; do
-        zcat "$f" | xz -9 -T0 > "$GPU_DIR/fmnist-xz/$(basename "$f" .gz).xz"; done
-    du -sh "$GPU_DIR/site.tar.xz" "$GPU_DIR/fmnist-xz"
-}
-
-stage_data() {  # where torchvision's FashionMNIST(root) looks first: root/FashionMNIST/raw
-    local raw="$GPU_DIR/data/FashionMNIST/raw"
-    mkdir -p "$raw"
-    for f in "$GPU_DIR"/fmnist-xz/*.xz; do xz -dc "$f" > "$raw/$(basename "$f" .xz)"; done
-    ls -la "$raw"
-}
-
-study() {
-    local out=$1 seconds=$2 variant=$3 seed=$4 gpus=$5
-    [ -d "$GPU_DIR/data/FashionMNIST/raw" ] || { echo "no $GPU_DIR/data: run stage-data first, on this warm machine" >&2; exit 1; }
+prepare_site_venv() {  # /tmp/venv: the image's Python and packages, with Flower and Ray from .gpu/site.tar.xz
     # A venv that sees the image's packages (PyTorch, NumPy, ...), so that Flower's and Ray's
     # programs sit beside the Python that runs them (mefl_app.processes.BIN). The image's python3
     # is itself a venv, which --system-site-packages would skip: a .pth file adds its packages,
@@ -107,6 +87,12 @@ study() {
         chmod +x "/tmp/venv/bin/$(basename "$f")"
     done
     export PYTHONUNBUFFERED=1 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
+}
+
+study() {
+    local out=$1 seconds=$2 variant=$3 seed=$4 gpus=$5
+    [ -d "$GPU_DIR/data/FashionMNIST/raw" ] || { echo "no $GPU_DIR/data: run stage-data first, on this warm machine" >&2; exit 1; }
+    site_venv
     { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true; nproc
       /tmp/venv/bin/python -c "import torch, flwr, ray; print('torch', torch.__version__, 'flwr', flwr.__version__, 'ray', ray.__version__)"
     } 2>&1 | tee "$out/machine.txt"
@@ -122,11 +108,19 @@ study() {
     tar czf "$out/study.tar.gz" --exclude .work -C /tmp study  # the run folder, checkpoint included
 }
 
+step() {
+    local out=$1
+    site_venv
+    timeout 420 /tmp/venv/bin/python benchmarks/cohort_step.py --device "${DEVICE:-cuda}" --sizes ${STEP_SIZES:-8 24 96} \
+        --modes eager reduce-overhead --repeats 5 --json "$out/cohort_step_gpu.json" 2>&1 | tee "$out/cohort_step.log"
+}
+
 case "${1:-}" in
     prepare) prepare ;;
     measure) shift; measure "$@" ;;
     prepare-study) prepare_study ;;
     stage-data) stage_data ;;
     study) shift; study "$@" ;;
-    *) echo "usage: $0 prepare | measure OUT [ROUNDS] | prepare-study | stage-data | study OUT SECONDS VARIANT SEED GPUS_PER_CLIENT" >&2; exit 2 ;;
+    step) shift; step "$@" ;;
+    *) echo "usage: $0 prepare | measure OUT [ROUNDS] | prepare-study | stage-data | study OUT SECONDS VARIANT SEED GPUS_PER_CLIENT | step OUT" >&2; exit 2 ;;
 esac

@@ -151,7 +151,8 @@ def main() -> int:
     }
     print(f"{'arm':<32} {'ms per client-step':>18} {'ratio':>6} {'warm-up s':>9}")
     for name, row in rows.items():
-        print(f"{name:<32} {row['ms_per_client_step']:>18.2f} {row['ratio_to_one_client']:>6.2f} {row['warmup_s']:>9.1f}")
+        ms, ratio, warm = row["ms_per_client_step"], row["ratio_to_one_client"], row["warmup_s"]
+        print(f"{name:<32} {ms:>18.2f} {ratio:>6.2f} {warm:>9.1f}")
     if args.json:
         machine = f"{platform.node()}: {os.cpu_count()} CPUs, torch {torch.__version__}"
         if device.type == "cuda":

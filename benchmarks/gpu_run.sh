@@ -72,7 +72,32 @@ measure() {
         --rounds "$rounds" --run-config "device='cuda'" --json "$out/app_vs_plain_fmnist_gpu.json" 2>&1 | tee "$out/app_vs_plain.log"
 }
 
-prepare_site_venv() {  # /tmp/venv: the image's Python and packages, with Flower and Ray from .gpu/site.tar.xz
+prepare_study() {
+    local wheels site
+    wheels=$(mktemp -d) site=$(mktemp -d)
+    [ -d "$GPU_DIR/wheels" ] || prepare
+    cp "$GPU_DIR"/wheels/*.whl "$wheels/"
+    # Ray and what it needs that the GPU machine's image lacks, at this venv's versions.
+    python -m pip download -q --no-deps "${PLATFORM[@]}" -d "$wheels" \
+        $(pins ray jsonschema jsonschema-specifications referencing rpds-py)
+    python -m pip install -q --no-deps --no-compile "${PLATFORM[@]}" --target "$site" "$wheels"/*.whl
+    # What the simulation engine never loads: Ray's Java jars, dashboard UI and ML libraries.
+    rm -rf "$site"/ray/{jars,dashboard/client,rllib,data,serve,tune,train,llm}
+    tar cf - -C "$site" . | xz -9 -T0 > "$GPU_DIR/site.tar.xz"
+    rm -rf "$wheels" "$site" "$GPU_DIR/fmnist-xz" && mkdir -p "$GPU_DIR/fmnist-xz"
+    for f in /usr/share/datasets/fashion-mnist/*-idx?-ubyte.gz; do
+        zcat "$f" | xz -9 -T0 > "$GPU_DIR/fmnist-xz/$(basename "$f" .gz).xz"; done
+    du -sh "$GPU_DIR/site.tar.xz" "$GPU_DIR/fmnist-xz"
+}
+
+stage_data() {  # where torchvision's FashionMNIST(root) looks first: root/FashionMNIST/raw
+    local raw="$GPU_DIR/data/FashionMNIST/raw"
+    mkdir -p "$raw"
+    for f in "$GPU_DIR"/fmnist-xz/*.xz; do xz -dc "$f" > "$raw/$(basename "$f" .xz)"; done
+    ls -la "$raw"
+}
+
+site_venv() {  # /tmp/venv: the image's Python and packages, with Flower and Ray from .gpu/site.tar.xz
     # A venv that sees the image's packages (PyTorch, NumPy, ...), so that Flower's and Ray's
     # programs sit beside the Python that runs them (mefl_app.processes.BIN). The image's python3
     # is itself a venv, which --system-site-packages would skip: a .pth file adds its packages,

@@ -7,6 +7,7 @@ step's own speed; ``cohort_train.py`` measures whole epochs on the study's ragge
 
     python benchmarks/cohort_step.py --sizes 4 8 24 --json OUT.json            # the CPU, 1 thread
     python benchmarks/cohort_step.py --device cuda --sizes 8 24 96 --json OUT.json
+    python benchmarks/cohort_step.py --profile 8      # where a cohort of 8's eager step spends its time
 
 Arms are interleaved over the repeats (these machines are noisy); medians; compilation happens
 in the warm-up, outside the timing, and its seconds are reported beside.
@@ -108,6 +109,18 @@ def seconds_per_step(step: Callable[[], None], steps: int, device: torch.device)
     return (time.perf_counter() - started) / steps
 
 
+def profile(step: Callable[[], None], steps: int, device: torch.device) -> None:
+    """torch.profiler's self-time table of ``steps`` steps, after a warm-up."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as profiler
+
+    seconds_per_step(step, 3, device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profiler(activities=activities) as prof:
+        seconds_per_step(step, steps, device)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -116,6 +129,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=10, help="training steps per timing")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--profile", type=int, metavar="K", help="print the operator profile of a cohort of K and stop")
     args = parser.parse_args()
     device = torch.device(args.device)
     modes = args.modes or (["eager", "default", "reduce-overhead"] if device.type == "cuda" else ["eager", "default"])
@@ -123,6 +137,9 @@ def main() -> int:
         torch.set_num_threads(1)  # the app's layout: one thread per simulated client
     torch.manual_seed(0)
     settings = RunSettings.from_run_config({})
+    if args.profile:
+        profile(cohort_step(settings, args.profile, device, "eager"), args.steps, device)
+        return 0
     arms: dict[str, tuple[Callable[[], None], int]] = {"one client": (client_step(settings, device), 1)}
     for k in args.sizes:
         for mode in modes:

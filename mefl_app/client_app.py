@@ -59,8 +59,13 @@ def _announced(msg: Message) -> tuple[int, tuple[int, ...]]:
     return int(config["num-classes"]), tuple(int(d) for d in config["input-shape"])
 
 
-def _prepare(msg: Message, context: Context, partition_id: int | None = None) -> LocalSetup:
-    """``partition_id``: another partition than this node's (a cohort's member, simulation only)."""
+def _prepare(
+    msg: Message, context: Context, partition_id: int | None = None, models: dict[int, nn.Module] | None = None
+) -> LocalSetup:
+    """``partition_id``: another partition than this node's (a cohort's member, simulation only).
+    ``models``: the received model per exit level, shared by a cohort's members (they all get the
+    same global model), built on a level's first member; a member that trains it loads its own
+    parameters into it before it is scored."""
     settings = RunSettings.from_run_config(context.run_config)
     apply_thread_setting(settings)
     num_classes, input_shape = _announced(msg)
@@ -73,9 +78,14 @@ def _prepare(msg: Message, context: Context, partition_id: int | None = None) ->
     device = select_device(settings)
     choice = _level_choice(settings, context, shard, num_classes, input_shape, device)
     level = choice.level
-    model = build_model(settings, num_classes, input_shape, level)
-    received = msg.content["arrays"].to_torch_state_dict()
-    model.load_state_dict({name: received[name] for name in model.state_dict()})  # exits 1..level only
+    model = None if models is None else models.get(level)
+    if model is None:
+        model = build_model(settings, num_classes, input_shape, level)
+        received = msg.content["arrays"].to_torch_state_dict()
+        model.load_state_dict({name: received[name] for name in model.state_dict()})  # exits 1..level only
+        model.to(device)
+        if models is not None:
+            models[level] = model
     forward_mflops, train_mflops_per_sample = model_costs(settings, num_classes, input_shape, level)
     return LocalSetup(
         settings,
@@ -83,7 +93,7 @@ def _prepare(msg: Message, context: Context, partition_id: int | None = None) ->
         level,
         choice.trains,
         device,
-        model.to(device),
+        model,
         num_classes,
         forward_mflops,
         train_mflops_per_sample,
@@ -155,7 +165,8 @@ def train_cohort_message(msg: Message, context: Context) -> Message:
     computation (cohort.py; the server's CohortGrid fans the reply out); one arrays and one
     metrics record per partition, as each would have sent."""
     config = msg.content["config"]
-    members = [_prepare(msg, context, int(pid)) for pid in config[PARTITIONS_KEY]]
+    models: dict[int, nn.Module] = {}  # one model for the cohort; each member's parameters in turn
+    members = [_prepare(msg, context, int(pid), models) for pid in config[PARTITIONS_KEY]]
     settings, level = members[0].settings, members[0].level
     if any(m.level != level for m in members):
         raise RuntimeError(f"a cohort holds one exit level, got {sorted({m.level for m in members})}")
@@ -177,12 +188,12 @@ def train_cohort_message(msg: Message, context: Context) -> Message:
             )
         except NonFiniteError as error:
             raise NonFiniteError(f"round {server_round}: {error}") from None
-        for member, state in zip(members, result.state_dicts):
-            member.model.load_state_dict(state)
         losses = result.train_losses
     seconds = (time.perf_counter() - started) / len(members)  # the cohort's time, shared out
     content = {}
     for index, member in enumerate(members):
+        if trains:
+            member.model.load_state_dict(result.state_dicts[index])
         content[arrays_key(index)], content[metrics_key(index)] = _train_reply(member, trains, losses[index], seconds)
     return Message(RecordDict(content), reply_to=msg)
 
@@ -226,7 +237,7 @@ def _train_reply(local: LocalSetup, trains: bool, train_loss: float, train_secon
             metrics.LABEL_COUNTS: label_counts(shard.train.y, local.num_classes),
         },
     )
-    arrays = ArrayRecord(local.model.to("cpu").state_dict()) if trains else ArrayRecord()
+    arrays = ArrayRecord(local.model.state_dict()) if trains else ArrayRecord()  # copied to the CPU, as bytes
     return arrays, record
 
 
@@ -254,8 +265,9 @@ def evaluate_cohort_message(msg: Message, context: Context) -> Message:
     """Score the received global model for every partition of a cohort (``cohort-partitions``),
     one after the other: one metrics record per partition, as each would have sent, in one message."""
     content = {}
+    models: dict[int, nn.Module] = {}  # the received model, built once for the cohort
     for index, partition in enumerate(msg.content["config"][PARTITIONS_KEY]):
-        local = _prepare(msg, context, int(partition))
+        local = _prepare(msg, context, int(partition), models)
         content[metrics_key(index)] = metrics.scores_record(
             local.shard.partition_id, len(local.shard.test), _local_scores(local)
         )

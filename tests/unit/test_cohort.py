@@ -179,3 +179,58 @@ def test_the_cohort_grid_sends_one_message_per_cohort_and_answers_for_every_clie
             assert ("arrays" in reply.content) == (kind == MessageType.TRAIN)
             if kind == MessageType.TRAIN:  # that client's own arrays
                 assert reply.content["arrays"]["w"].numpy()[0] == reply.metadata.src_node_id - 10
+
+
+def test_a_cohort_message_answers_for_each_member_as_its_own_message_would(monkeypatch, task_identity):
+    """The ClientApp's ``train.cohort`` and ``evaluate.cohort`` handlers, whose members share one
+    model object, against one ``train`` / ``evaluate`` message per partition (dropout off): the
+    same arrays to float tolerance, the same scores, for members at two exit levels in turn."""
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+
+    from mefl_app import client_app
+    from mefl_app.data.shards import make_client_shard
+    from mefl_app.server.cohort_grid import PARTITIONS_KEY, arrays_key, metrics_key
+    from mefl_app.task import build_model
+
+    data = synthetic_task(n=400)
+    run_config = {
+        "local-epochs": 1,
+        "min-partition-size": 10,
+        "exit-dropout": 0.0,
+        "exit-profile": "1:2,3:2",
+        "batch-size": 8,
+    }
+    settings = RunSettings.from_run_config(run_config)
+    monkeypatch.setattr(
+        client_app,
+        "load_client_shard",
+        lambda s, node, *a: make_client_shard(data, s, int(node["partition-id"]), int(node["num-partitions"])),
+    )
+    torch.manual_seed(0)
+    model = build_model(settings, 10, (1, 28, 28))
+
+    def context(partition):
+        config = {"partition-id": partition, "num-partitions": 4}
+        return Context(run_id=1, node_id=1, node_config=config, state=RecordDict(), run_config=run_config)
+
+    def message(kind, partitions=None):
+        config = {"num-classes": 10, "input-shape": [1, 28, 28], "server-round": 1}
+        if partitions is not None:
+            config[PARTITIONS_KEY] = partitions
+            kind = f"{kind}.cohort"
+        content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "config": ConfigRecord(config)})
+        return Message(content, dst_node_id=1, message_type=kind)
+
+    for partitions in ([0, 1], [2, 3]):  # level 1, then level 3 (the profile's halves)
+        trained = client_app.train_cohort_message(message(MessageType.TRAIN, partitions), context(partitions[0]))
+        scored = client_app.evaluate_cohort_message(message(MessageType.EVALUATE, partitions), context(partitions[0]))
+        for index, partition in enumerate(partitions):
+            own = client_app.train(message(MessageType.TRAIN), context(partition))
+            got, want = trained.content[arrays_key(index)], own.content["arrays"]
+            assert got.keys() == want.keys()
+            for name in want:
+                torch.testing.assert_close(got[name].numpy(), want[name].numpy(), rtol=1e-3, atol=5e-4, msg=name)
+            got_metrics, want_metrics = trained.content[metrics_key(index)], own.content["metrics"]
+            assert got_metrics["partition-id"] == want_metrics["partition-id"] == partition
+            own_scores = client_app.evaluate(message(MessageType.EVALUATE), context(partition)).content["metrics"]
+            assert dict(scored.content[metrics_key(index)]) == dict(own_scores)

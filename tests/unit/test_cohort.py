@@ -161,7 +161,8 @@ def test_the_cohort_grid_sends_one_message_per_cohort_and_answers_for_every_clie
                 replies.append(Message(RecordDict(content), reply_to=m))
             return replies
 
-    census = {node: {"partition-id": node - 10, "exit-level": 3, "num-train": node} for node in (10, 11, 12, 13)}
+    # Equal shard sizes, nodes in no order of their partitions: cohorts by partition, in every run.
+    census = {node: {"partition-id": node - 10, "exit-level": 3, "num-train": 50} for node in (12, 10, 13, 11)}
     grid = CohortGrid(Below(), 2, census)
     for kind in (MessageType.TRAIN, MessageType.EVALUATE):
         Below.sent.clear()

@@ -141,6 +141,7 @@ def run_configs(
 def _run_one(link, name, config, folder, clients, cpus_per_client, gpus_per_client, log) -> bool:
     """One configuration through ``link`` (continuing its stopped attempt); whether it completed."""
     folder.mkdir(parents=True, exist_ok=True)
+    record_abandoned(folder, KILLED_BEFORE)  # a killed attempt must not read "running" once continued
     stopped = stopped_attempt(folder, config)
     if stopped is not None:
         config = {**config, "resume-from": str(stopped.resolve())}
@@ -192,10 +193,15 @@ def killed(results: dict[str, Any]) -> bool:
     return results.get("status") == "running" and not process_alive(results.get("process", {}))
 
 
-def record_abandoned(folder: Path) -> None:
-    """Record the newest attempt under ``folder`` as interrupted when it still says "running" but
-    its ServerApp is gone: stopped with its campaign, it was ended (the stop's grace time ran out)
-    before its own exit handler wrote so. Its last checkpoint continues it, as after any interrupt."""
+STOPPED_WITH_CAMPAIGN = "stopped with its campaign; its ServerApp was ended before it could record so"
+KILLED_BEFORE = "its ServerApp ended without recording so (killed outright, its machine stopped); rerun continues it"
+
+
+def record_abandoned(folder: Path, why: str = STOPPED_WITH_CAMPAIGN) -> None:
+    """Record the newest attempt under ``folder`` as interrupted, ``why``, when it still says
+    "running" but its ServerApp is gone: stopped with its campaign, it was ended (the stop's grace
+    time ran out) before its own exit handler wrote so; or it was killed outright and a later
+    campaign finds it. Its last checkpoint continues it, as after any interrupt."""
     found = newest_results(folder)
     if found is None:
         return
@@ -204,7 +210,7 @@ def record_abandoned(folder: Path) -> None:
         return
     results.update(
         status="interrupted",
-        error="stopped with its campaign; its ServerApp was ended before it could record so",
+        error=why,
         finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     write_atomically(path, lambda tmp: tmp.write_text(json.dumps(results, indent=1)))

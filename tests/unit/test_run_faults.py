@@ -230,10 +230,11 @@ def test_a_run_whose_process_is_gone_is_reported_killed_not_running(tmp_path):
 def test_a_stopped_campaign_records_its_run_interrupted_when_the_serverapp_could_not(tmp_path):
     """The campaign's stop ended the ServerApp before its exit handler wrote: the campaign writes
     "interrupted" itself, so the run reads as resumable, not as running or killed. A run whose
-    process still lives is left alone."""
-    from mefl.campaigns import record_abandoned, run_status
+    process still lives is left alone; one killed outright, found by a later campaign, is recorded
+    as such."""
+    from mefl.campaigns import KILLED_BEFORE, record_abandoned, run_status
 
-    for name in ("stopped", "live"):
+    for name in ("stopped", "live", "killed"):
         (tmp_path / name / "attempt").mkdir(parents=True)
     stopped = RunRecorder(tmp_path / "stopped" / "attempt", {"run_config": {"num-server-rounds": 3}}, ["block5"], 0.75)
     stopped.results["process"]["pid"] = _gone_pid()
@@ -245,3 +246,10 @@ def test_a_stopped_campaign_records_its_run_interrupted_when_the_serverapp_could
     assert status == "interrupted" and "ServerApp was ended" in line
     assert json.loads((stopped.run_dir / "results.json").read_text())["finished_at"]
     assert run_status(live.run_dir)[0] == "running"
+    # A later campaign finds an attempt killed outright (its machine stopped): recorded as such.
+    killed = RunRecorder(tmp_path / "killed" / "attempt", {"run_config": {"num-server-rounds": 3}}, ["block5"], 0.75)
+    killed.results["process"]["pid"] = _gone_pid()
+    killed.write()
+    record_abandoned(tmp_path / "killed", KILLED_BEFORE)
+    status, line = run_status(tmp_path / "killed")
+    assert status == "interrupted" and KILLED_BEFORE in line

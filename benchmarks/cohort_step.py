@@ -76,7 +76,6 @@ def cohort_step(settings: RunSettings, k: int, device: torch.device, mode: str) 
     x = torch.randn(k, settings.batch_size, *SHAPE, device=device)
     y = torch.randint(0, CLASSES, (k, settings.batch_size), device=device)
     mask = torch.ones(k, settings.batch_size, device=device)
-    active = torch.ones(k, dtype=torch.bool, device=device)
     weights = settings.loss_weights(cohort.num_exits)
 
     def step() -> None:
@@ -93,7 +92,7 @@ def cohort_step(settings: RunSettings, k: int, device: torch.device, mode: str) 
             p.grad = None
         losses.sum().backward()
         with torch.no_grad():
-            _sgd_step(params, buffers, active, settings)
+            _sgd_step(params, buffers, settings)
 
     return step if mode == "eager" else torch.compile(step, mode=None if mode == "default" else mode)
 

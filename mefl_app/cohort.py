@@ -12,8 +12,10 @@ on small images, is paid once for the cohort.
 ``train_cohort`` reproduces ``train.train_local`` for each client: the same batches (each client's
 own generator, one permutation per epoch, batches of fewer than 2 samples skipped), the same loss
 (``cohort_multi_exit_loss``: ``multi_exit_loss`` per client, over its real samples), gradient
-clipping per client, and ragged shards: a client whose steps are done is masked (its parameters
-and momentum stay as they are) while the others go on. With dropout off the result equals K
+clipping per client, and ragged shards: a client whose steps are done leaves the cohort (its
+parameters kept as they are, every stacked parameter sliced to the others), so the remaining
+steps compute only for the clients still training; a last batch smaller than the batch size is
+padded and masked. With dropout off the result equals K
 sequential trainings to float tolerance (tested). What differs: the dropout masks come from one
 random stream for the cohort instead of one per client, so with dropout on a cohort run is a
 different (equally valid) sample of the same training; and only the ResNet with GroupNorm and the
@@ -47,28 +49,33 @@ def _stack(tensors: Sequence[Tensor]) -> nn.Parameter:
     return nn.Parameter(torch.stack([t.detach().contiguous(memory_format=torch.contiguous_format) for t in tensors]))
 
 
+# Every stacked parameter holds the cohort's clients in its first dimension, and the modules read
+# K from it, so that ``CohortResNet.keep`` can drop finished clients by slicing the parameters.
+
+
 class _GroupedConv(nn.Module):
     def __init__(self, convs: Sequence[nn.Conv2d]) -> None:
         super().__init__()
         first = convs[0]
-        self.k, self.stride, self.padding = len(convs), first.stride, first.padding
+        self.stride, self.padding = first.stride, first.padding
         self.weight = _stack([c.weight for c in convs])  # K x O x I x kh x kw
 
     def forward(self, x: Tensor) -> Tensor:
         k, o = self.weight.shape[:2]
         weight = self.weight.reshape(k * o, *self.weight.shape[2:])
-        return F.conv2d(x, weight, stride=self.stride, padding=self.padding, groups=self.k)
+        return F.conv2d(x, weight, stride=self.stride, padding=self.padding, groups=k)
 
 
 class _GroupedGroupNorm(nn.Module):
     def __init__(self, norms: Sequence[nn.GroupNorm]) -> None:
         super().__init__()
-        self.groups, self.eps = norms[0].num_groups * len(norms), norms[0].eps
+        self.groups_per_client, self.eps = norms[0].num_groups, norms[0].eps
         self.weight = _stack([n.weight for n in norms])
         self.bias = _stack([n.bias for n in norms])
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.group_norm(x, self.groups, self.weight.reshape(-1), self.bias.reshape(-1), self.eps)
+        groups = self.groups_per_client * len(self.weight)
+        return F.group_norm(x, groups, self.weight.reshape(-1), self.bias.reshape(-1), self.eps)
 
 
 class _GroupedBlock(nn.Module):
@@ -96,13 +103,13 @@ class _GroupedHead(nn.Module):
 
     def __init__(self, heads: Sequence[nn.Sequential]) -> None:
         super().__init__()
-        self.k, self.p = len(heads), heads[0][2].p
+        self.p = heads[0][2].p
         self.weight = _stack([h[3].weight for h in heads])  # K x classes x channels
         self.bias = _stack([h[3].bias for h in heads])
 
     def forward(self, x: Tensor) -> Tensor:
         pooled = x.mean(dim=(2, 3))  # B x (K C)
-        pooled = F.dropout(pooled, self.p, self.training).reshape(len(x), self.k, -1).transpose(0, 1)  # K x B x C
+        pooled = F.dropout(pooled, self.p, self.training).reshape(len(x), len(self.weight), -1).transpose(0, 1)
         return torch.baddbmm(self.bias.unsqueeze(1), pooled, self.weight.transpose(1, 2))  # K x B x classes
 
 
@@ -114,15 +121,28 @@ class CohortResNet(nn.Module):
         super().__init__()
         if len({tuple(m.exit_after) for m in models}) != 1:
             raise ValueError("a cohort holds models of one architecture (one exit level)")
-        self.k, self.exit_after = len(models), models[0].exit_after
+        self.exit_after = models[0].exit_after
         self.stem_conv = _GroupedConv([m.stem[0] for m in models])
         self.stem_norm = _GroupedGroupNorm([m.stem[1] for m in models])
         self.blocks = nn.ModuleList(_GroupedBlock([m.blocks[i] for m in models]) for i in range(len(models[0].blocks)))
         self.exits = nn.ModuleList(_GroupedHead([m.exits[e] for m in models]) for e in range(models[0].num_exits))
 
     @property
+    def k(self) -> int:
+        """The number of clients in the cohort now."""
+        return len(self.stem_conv.weight)
+
+    @property
     def num_exits(self) -> int:
         return len(self.exits)
+
+    def keep(self, positions: Sequence[int]) -> None:
+        """Go on with only the clients at ``positions`` (in that order): every stacked parameter
+        sliced, so the next steps compute nothing for the others."""
+        index = torch.as_tensor(list(positions), device=self.stem_conv.weight.device)
+        for module in self.modules():
+            for name, p in list(module.named_parameters(recurse=False)):
+                setattr(module, name, nn.Parameter(p.detach()[index]))
 
     def forward(self, x: Tensor) -> list[Tensor]:
         k, b = x.shape[:2]
@@ -136,14 +156,13 @@ class CohortResNet(nn.Module):
                 logits.append(self.exits[len(logits)](out))
         return logits
 
-    def client_state_dicts(self, like: Sequence[nn.Module]) -> list[dict[str, Tensor]]:
-        """Each client's parameters under its own model's names (``like``: the K source models)."""
+    def client_state_dict(self, position: int, like: nn.Module) -> dict[str, Tensor]:
+        """The parameters of the client at ``position`` under its own model's names (``like``: a
+        model of the cohort's architecture)."""
         grouped = dict(self.named_parameters())
-        names = _name_map(like[0], self)
-        return [
-            {name: grouped[cohort_name][c].detach().clone() for name, cohort_name in names.items()}
-            for c in range(self.k)
-        ]
+        return {
+            name: grouped[cohort_name][position].detach().clone() for name, cohort_name in _name_map(like, self).items()
+        }
 
 
 def _name_map(model: MultiExitResNet, cohort: CohortResNet) -> dict[str, str]:
@@ -219,7 +238,6 @@ def train_cohort(
     exactly as ``train_local`` would with it."""
     cohort = CohortResNet(models).to(device)
     cohort.train()
-    k = cohort.k
     exit_weights = settings.loss_weights(cohort.num_exits)
     distill_weight = settings.distill_weight if distill_weight is None else distill_weight
     plan = [_batches(len(shard.y), settings, g) for shard, g in zip(shards, generators)]
@@ -229,16 +247,31 @@ def train_cohort(
     batch = settings.batch_size
     params = list(cohort.parameters())
     buffers = [torch.zeros_like(p) for p in params]
-    loss_sums = torch.zeros(k, device=device)
-    for step in range(max(steps, default=0)):
-        active = torch.tensor([step < n for n in steps], device=device)
+    members = list(range(len(models)))  # the client at each position of the cohort now
+    states: list[dict[str, Tensor]] = [{} for _ in models]
+    loss_sums = torch.zeros(len(models), device=device)
+    for step in range(max(steps, default=0) + 1):
+        if not members:
+            break
+        finished = [i for i, c in enumerate(members) if step >= steps[c]]
+        if finished:  # their training is done: keep their parameters, compute nothing more for them
+            _check_finite(params, finished, members)
+            for i in finished:
+                states[members[i]] = cohort.client_state_dict(i, models[0])
+            keep = [i for i, c in enumerate(members) if step < steps[c]]
+            if not keep:
+                break
+            cohort.keep(keep)
+            params = list(cohort.parameters())
+            buffers = [b[keep] for b in buffers]
+            members = [members[i] for i in keep]
+        k = len(members)
         x = torch.zeros((k, batch, *xs[0].shape[1:]), device=device)
         y = torch.zeros((k, batch), dtype=torch.long, device=device)
         mask = torch.zeros((k, batch), device=device)
-        for c in range(k):
-            if step < steps[c]:
-                index = plan[c][step].to(device)
-                x[c, : len(index)], y[c, : len(index)], mask[c, : len(index)] = xs[c][index], ys[c][index], 1.0
+        for i, c in enumerate(members):
+            index = plan[c][step].to(device)
+            x[i, : len(index)], y[i, : len(index)], mask[i, : len(index)] = xs[c][index], ys[c][index], 1.0
         losses = cohort_multi_exit_loss(
             cohort(x),
             y,
@@ -248,20 +281,23 @@ def train_cohort(
             teacher=settings.distill_teacher,
             exit_weights=exit_weights,
         )
-        losses = losses * active
         if not torch.isfinite(losses).all():
-            bad = int((~torch.isfinite(losses)).nonzero()[0])
+            bad = members[int((~torch.isfinite(losses)).nonzero()[0])]
             raise NonFiniteError(f"non-finite training loss of cohort client {bad} in step {step + 1}")
         for p in params:
             p.grad = None
         losses.sum().backward()  # client c's parameters get only client c's gradient
         with torch.no_grad():
-            _sgd_step(params, buffers, active, settings)
-        loss_sums += losses.detach()
-    diverged = [c for c in range(k) if not all(torch.isfinite(p[c]).all() for p in params)]
+            _sgd_step(params, buffers, settings)
+        loss_sums[members] += losses.detach()
+    return CohortResult(states, [float(loss_sums[c]) / max(steps[c], 1) for c in range(len(models))])
+
+
+def _check_finite(params: list[Tensor], positions: list[int], members: list[int]) -> None:
+    """A diverged model is never uploaded: non-finite parameters of a finished client raise."""
+    diverged = [members[i] for i in positions if not all(torch.isfinite(p[i]).all() for p in params)]
     if diverged:
         raise NonFiniteError(f"non-finite parameters after local training of cohort client(s) {diverged}")
-    return CohortResult(cohort.client_state_dicts(models), [float(loss_sums[c]) / max(steps[c], 1) for c in range(k)])
 
 
 def _batches(n: int, settings: RunSettings, generator: torch.Generator) -> list[Tensor]:
@@ -273,12 +309,12 @@ def _batches(n: int, settings: RunSettings, generator: torch.Generator) -> list[
     return batches
 
 
-def _sgd_step(params: list[Tensor], buffers: list[Tensor], active: Tensor, settings: RunSettings) -> None:
+def _sgd_step(params: list[Tensor], buffers: list[Tensor], settings: RunSettings) -> None:
     """PyTorch's SGD (momentum, weight decay) on stacked parameters, with clipping of each client's
-    gradient norm; clients not ``active`` keep their parameters and momentum."""
+    gradient norm."""
     grads = [p.grad for p in params]
     if settings.max_grad_norm > 0:
-        norms = torch.zeros(len(active), device=active.device)
+        norms = torch.zeros(len(params[0]), device=params[0].device)
         for g in grads:
             if g is not None:
                 norms += g.pow(2).flatten(1).sum(dim=1)
@@ -290,12 +326,10 @@ def _sgd_step(params: list[Tensor], buffers: list[Tensor], active: Tensor, setti
             g = g * scale.view(-1, *[1] * (g.dim() - 1))
         if settings.weight_decay:
             g = g + settings.weight_decay * p
-        keep = active.view(-1, *[1] * (g.dim() - 1))
         if settings.momentum:
-            new = settings.momentum * buf + g
-            buf.copy_(torch.where(keep, new, buf))
-            g = new
-        p.copy_(torch.where(keep, p - settings.learning_rate * g, p))
+            buf.mul_(settings.momentum).add_(g)
+            g = buf
+        p.sub_(settings.learning_rate * g)
 
 
 def train_by_level(

@@ -32,8 +32,9 @@ from .wrapping import WrappingGrid
 
 AUTO_COHORT_SIZE = -1  # cohort-size = -1: picked from the device
 GPU_MEMORY_SHARE = 0.5  # of the GPU's free memory, what one cohort's training may take
-# On a CPU: 24 clients are faster one at a time, 100 already faster in cohorts (federation_size.py).
-CPU_COHORTS_FROM = 100
+# On a CPU (benchmarks/RESULTS.md): 24 clients are fastest in cohorts of 4 (app_vs_plain.py), and
+# a large federation in cohorts that keep a round at about 24 messages (federation_size.py).
+CPU_COHORT = 4
 CPU_MESSAGES = 24  # a round's train (and evaluate) messages in cohorts on a CPU
 COHORT_ACTION = "cohort"  # the ClientApp's ``@app.train("cohort")`` and ``@app.evaluate("cohort")``
 BATCHED = (MessageType.TRAIN, MessageType.EVALUATE)
@@ -52,19 +53,20 @@ def auto_cohort_size(
     device: str, per_client_mb: float, free_mb: float, largest_group: int, clients: int
 ) -> tuple[int, str]:
     """(cohort size, why) for ``cohort-size = -1``, as measured on this project's machines
-    (benchmarks/RESULTS.md). On a CPU the batched step is no faster than the per-client loop, but a
-    large federation pays Flower's per-message cost for every client: from ``CPU_COHORTS_FROM``
-    clients on, cohorts that keep a round at about ``CPU_MESSAGES`` messages; below, one client at a
-    time. On a GPU, whose small steps wait on kernel launches, the largest cohort -- up to the
-    biggest exit-level group -- whose clients' training steps and shards (``per_client_mb`` each)
-    fit in ``GPU_MEMORY_SHARE`` of the ``free_mb`` free."""
+    (benchmarks/RESULTS.md). On a CPU, cohorts of ``CPU_COHORT`` clients, or more in a large
+    federation so that a round sends about ``CPU_MESSAGES`` messages (Flower's per-message cost
+    grows with the clients), never more than the biggest exit-level group. On a GPU, whose small
+    steps wait on kernel launches, the largest cohort -- up to the biggest exit-level group --
+    whose clients' training steps and shards (``per_client_mb`` each) fit in ``GPU_MEMORY_SHARE``
+    of the ``free_mb`` free."""
     if device != "cuda":
-        size = min(largest_group, math.ceil(clients / CPU_MESSAGES)) if clients >= CPU_COHORTS_FROM else 0
+        size = min(largest_group, max(CPU_COHORT, math.ceil(clients / CPU_MESSAGES)))
         if size < 2:
-            return 0, f"one client at a time on the {device}: {clients} clients (cohorts pay from {CPU_COHORTS_FROM})"
+            return 0, f"one client at a time on the {device}: no two clients share an exit level"
         return (
             size,
-            f"cohorts of up to {size} clients on the {device}: {clients} clients, about {CPU_MESSAGES} messages",
+            f"cohorts of up to {size} clients on the {device} "
+            f"({clients} clients, largest exit-level group {largest_group})",
         )
     size = min(largest_group, int(GPU_MEMORY_SHARE * free_mb // per_client_mb)) if per_client_mb > 0 else largest_group
     memory = f"{per_client_mb:.0f} MB a client's step and shard, {free_mb:.0f} MB free"

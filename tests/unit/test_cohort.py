@@ -108,33 +108,34 @@ def test_the_grouped_forward_and_loss_are_each_clients_own():
 def test_an_auto_cohort_size_follows_the_measurements_on_a_cpu_and_the_memory_on_a_gpu():
     from mefl_app.server.cohort_grid import auto_cohort_size
 
-    assert auto_cohort_size("cpu", 40.0, 0.0, 24, 24)[0] == 0  # 24 clients: faster one at a time
+    assert auto_cohort_size("cpu", 40.0, 0.0, 8, 24)[0] == 4  # 24 clients: fastest in cohorts of 4
     assert auto_cohort_size("cpu", 40.0, 0.0, 100, 100)[0] == 5  # about 24 messages a round
     assert auto_cohort_size("cpu", 40.0, 0.0, 3, 500)[0] == 3  # no more than the largest level group
+    assert auto_cohort_size("cpu", 40.0, 0.0, 1, 3)[0] == 0  # no two clients at one level
     assert auto_cohort_size("cuda", 40.0, 1000.0, 24, 24)[0] == 12  # half of 1000 MB / 40 MB
     assert auto_cohort_size("cuda", 1.0, 80_000.0, 8, 24)[0] == 8  # no more than the largest level group
     size, why = auto_cohort_size("cuda", 600.0, 1000.0, 8, 24)
     assert size == 0 and "600 MB" in why  # not even two fit
 
 
-def test_the_server_picks_no_cohorts_where_they_cannot_train_exactly_or_do_not_pay():
-    """On this CPU the measured step decides nothing: one client at a time. The LSTM, BatchNorm
-    and a level a node chose for itself get no cohorts on any device."""
+def test_the_server_picks_no_cohorts_where_they_cannot_train_exactly():
+    """On a CPU the ResNet with group norm trains in cohorts of 4; BatchNorm and a level a node
+    chose for itself get no cohorts on any device."""
     from mefl_app.server.census import LEVEL_CHOICE, NUM_TRAIN
     from mefl_app.server_app import pick_cohort_size
     from mefl_app.task import initial_model
 
     data = synthetic_task(n=64)
     census = {node: {"exit-level": 3, NUM_TRAIN: 20} for node in range(4)}
-    for overrides, answers, reason in [
-        ({}, census, "one client at a time on the cpu"),
-        ({"norm": "batch"}, census, "only the ResNet with group norm"),
-        ({}, {**census, 9: {"exit-level": 2, NUM_TRAIN: 5, LEVEL_CHOICE: {}}}, "fixed levels"),
+    for overrides, answers, expected, reason in [
+        ({}, census, 4, "cohorts of up to 4 clients on the cpu"),
+        ({"norm": "batch"}, census, 0, "only the ResNet with group norm"),
+        ({}, {**census, 9: {"exit-level": 2, NUM_TRAIN: 5, LEVEL_CHOICE: {}}}, 0, "fixed levels"),
     ]:
         settings = RunSettings.from_app_dir(REPO, {"task": "fmnist", "device": "cpu", **overrides})
         model = initial_model(settings, data.num_classes, data.input_shape)
         size, why = pick_cohort_size(settings, model, data, answers)
-        assert size == 0 and reason in why, why
+        assert size == expected and reason in why, why
 
 
 @pytest.mark.usefixtures("task_identity")

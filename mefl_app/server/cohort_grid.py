@@ -99,8 +99,8 @@ class CohortGrid(WrappingGrid):
         cohorts: dict[tuple[int, str], list[Message]] = {}  # (host node, kind) -> the messages it stands for
         outgoing = []
         for (kind, _, _), group in groups.items():
-            # Clients of similar shard sizes together (a cohort takes as many steps as its largest
-            # shard), ties by partition: the same cohorts, and so dropout streams, in every run.
+            # Clients of similar shard sizes together, so that a cohort stays full for most of its
+            # steps; ties by partition: the same cohorts, and so dropout streams, in every run.
             group.sort(key=lambda m: (self.size_of[m.metadata.dst_node_id], self.partition_of[m.metadata.dst_node_id]))
             for start in range(0, len(group), self.cohort_size):
                 members = group[start : start + self.cohort_size]

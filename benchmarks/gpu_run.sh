@@ -27,11 +27,11 @@
 # that Python; then stage-data, and study with DEVICE=cpu, run here as they would run there.
 #
 # Why this shape: the GPU machine lent to sessions has PyTorch but neither Flower nor Ray, no
-# internet, and receives at most 64 MiB of files a call, the checkout (26 MB) included. `measure`
+# internet, and receives at most 64 MiB of files a call, the checkout (34 MiB) included. `measure`
 # carries Flower's wheels (27 MB for Python 3.12) and runs a local deployment (SuperLink +
 # SuperNodes, no Ray: Ray's wheel alone is 74 MB), on the real labels with random pixels
 # (benchmarks/synthetic_fmnist.py: the same shards and work, meaningless accuracies). `study`
-# carries Ray too, stripped and xz-compressed with Flower into 35.5 MB, and the real images in a
+# carries Ray too, stripped and xz-compressed with Flower into 29 MB, and the real images in a
 # call of their own, so that the run is the app's real one: simulation engine, real data.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -81,5 +81,14 @@ def test_clients_share_a_gpu_by_fractional_resources(tmp_path):
         head = cluster.nodes[0].pid
         _, samples = _run_watching_actors(cluster, tmp_path, num_cpus=1, num_gpus=0.5)
         ray_processes = descendants([head])
-    assert max(len(s[head]) for s in samples) == 2
+    assert len(_lasting(samples, head)) == 2
     _assert_stopped(ray_processes)
+
+
+def _lasting(samples: list[dict[int, set[int]]], node: int) -> set[int]:
+    """The client actors seen under ``node`` in at least a fifth of the samples that saw any: the
+    pool's actors live through the run, while on a loaded machine a process can carry an actor's
+    title for a moment (a fork before its exec, a worker Ray replaces)."""
+    seen = [s[node] for s in samples if s[node]]
+    counts = {pid: sum(pid in s for s in seen) for pid in set().union(*seen)}
+    return {pid for pid, count in counts.items() if count >= len(seen) / 5}

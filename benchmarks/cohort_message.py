@@ -14,13 +14,9 @@ grouped, so it is what keeps a large federation's round from costing what a smal
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from unittest import mock
 
@@ -29,6 +25,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import provenance, write_json  # noqa: E402
+
 from mefl_app import client_app  # noqa: E402
 from mefl_app.server.cohort_grid import COHORT_ACTION, PARTITIONS_KEY  # noqa: E402
 from mefl_app.settings import RunSettings  # noqa: E402
@@ -101,18 +100,14 @@ def main() -> int:
         print(f"  per member, {name}: {value:.1f} ms")
     if args.json:
         result = {
-            "command": "python benchmarks/cohort_message.py " + " ".join(sys.argv[1:]),
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": f"{platform.node()}: {os.cpu_count()} CPUs, torch {torch.__version__}, 1 thread, "
-            f"load average {os.getloadavg()[0]:.2f} at the end",
+            **provenance(", 1 thread"),
             "clients": args.clients,
             "members": args.members,
             "seconds": seconds,
             "median_seconds": median,
             "per_member_ms": per_member_ms,
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
     return 0
 
 

@@ -16,19 +16,18 @@ in the warm-up, outside the timing, and its seconds are reported beside.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import provenance, write_json  # noqa: E402
+
 from mefl_app.cohort import CohortResNet, _sgd_step, cohort_multi_exit_loss  # noqa: E402
 from mefl_app.model.loss import multi_exit_loss  # noqa: E402
 from mefl_app.settings import RunSettings  # noqa: E402
@@ -170,19 +169,13 @@ def main() -> int:
         ms, ratio, warm = row["ms_per_client_step"], row["ratio_to_one_client"], row["warmup_s"]
         print(f"{name:<32} {ms:>18.2f} {ratio:>6.2f} {warm:>9.1f}")
     if args.json:
-        machine = f"{platform.node()}: {os.cpu_count()} CPUs, torch {torch.__version__}"
-        if device.type == "cuda":
-            machine += f", {torch.cuda.get_device_name()}"
         result = {
-            "command": "python benchmarks/cohort_step.py " + " ".join(sys.argv[1:]),
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": machine + f", load average {os.getloadavg()[0]:.2f} at the end",
+            **provenance(f", {torch.cuda.get_device_name()}" if device.type == "cuda" else ""),
             "batch": settings.batch_size,
             "seconds_per_step": seconds,
             "arms": rows,
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
     return 0
 
 

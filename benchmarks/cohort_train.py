@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import provenance, write_json  # noqa: E402
+
 from mefl_app.cohort import train_by_level  # noqa: E402
 from mefl_app.data.shards import make_client_shard  # noqa: E402
 from mefl_app.settings import RunSettings  # noqa: E402
@@ -85,10 +85,7 @@ def main() -> int:
     median = {name: statistics.median(values) for name, values in seconds.items()}
     samples = sum(len(s.train) for s in shards) * args.epochs
     result = {
-        "command": "python benchmarks/cohort_train.py " + " ".join(sys.argv[1:]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.node()}: {os.cpu_count()} CPUs, torch {torch.__version__}, 1 thread, "
-        f"load average {os.getloadavg()[0]:.2f} at the end",
+        **provenance(", 1 thread"),
         "clients": args.clients,
         "epochs": args.epochs,
         "training_samples": samples,
@@ -99,7 +96,7 @@ def main() -> int:
     }
     print(json.dumps({k: result[k] for k in ("median_seconds", "ratio_to_per_client")}, indent=2))
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
     return 0
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mefl_app.files import write_atomically
-from mefl_app.server.run_folder import checkpoint_of
+from mefl_app.server.run_folder import checkpoint_of, utc_now
 from mefl_app.server.strategies import keeps_server_state
 from mefl_app.settings import RunSettings
 
@@ -198,22 +198,16 @@ KILLED_BEFORE = "its ServerApp ended without recording so (killed outright, its 
 
 
 def record_abandoned(folder: Path, why: str = STOPPED_WITH_CAMPAIGN) -> None:
-    """Record the newest attempt under ``folder`` as interrupted, ``why``, when it still says
-    "running" but its ServerApp is gone: stopped with its campaign, it was ended (the stop's grace
-    time ran out) before its own exit handler wrote so; or it was killed outright and a later
-    campaign finds it. Its last checkpoint continues it, as after any interrupt."""
-    found = newest_results(folder)
-    if found is None:
-        return
-    path, results = found
-    if not killed(results):
-        return
-    results.update(
-        status="interrupted",
-        error=why,
-        finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
-    )
-    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(results, indent=1)))
+    """Record every attempt under ``folder`` that still says "running" while its ServerApp is gone
+    as interrupted, ``why``: stopped with its campaign, it was ended (the stop's grace time ran out)
+    before its own exit handler wrote so; or it was killed outright and a later campaign finds it
+    (also an older attempt, when a run that cannot be continued was started afresh). Its last
+    checkpoint continues it, as after any interrupt."""
+    for path in sorted(folder.glob("*/results.json")):
+        results = json.loads(path.read_text())
+        if killed(results):
+            results.update(status="interrupted", error=why, finished_at=utc_now())
+            write_atomically(path, lambda tmp, results=results: tmp.write_text(json.dumps(results, indent=1)))
 
 
 def run_status(folder: Path) -> tuple[str, str]:
@@ -245,7 +239,7 @@ def record_invocation(out: Path, command: str) -> None:
     history.append(
         {
             "command": command,
-            "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "started_at": utc_now(),
             "machine": f"{platform.node()}: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
             f"{platform.system()} {platform.release()}, Python {platform.python_version()}",
         }

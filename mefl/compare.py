@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
-from mefl_app.server.run_folder import ACCURACY_KINDS
+from mefl_app.server.run_folder import ACCURACY_KINDS, utc_now
 
 from .campaigns import collect
 from .report_text import tuning_note
@@ -43,7 +42,7 @@ def write_comparison(folders: Sequence[Path], out_file: Path) -> Path:
         f"# Comparison of {len(folders)} run folders",
         "",
         f"Written by `mefl compare {' '.join(str(f) for f in folders)} --out {out_file}`"
-        f" on {datetime.now(UTC).isoformat(timespec='seconds')} from these results files; accuracies"
+        f" on {utc_now()} from these results files; accuracies"
         " in % after the last round, per exit (shallowest first).",
         "",
         *tuning,

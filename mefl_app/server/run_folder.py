@@ -57,7 +57,8 @@ def checkpoint_of(run_dir: Path, results: dict[str, Any]) -> dict[str, Any] | No
     return None
 
 
-def _now() -> str:
+def utc_now() -> str:
+    """The time as results files record it: UTC, ISO 8601, to the second."""
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
@@ -93,7 +94,7 @@ class RunRecorder:
         self._round_started: dict[int, float] = {}
         self.results: dict[str, Any] = {
             "status": "running",
-            "started_at": _now(),
+            "started_at": utc_now(),
             "process": {"host": platform.node(), "pid": os.getpid()},  # tells a live run from a killed one
             **header,
             "exit_names": exit_names,
@@ -308,7 +309,7 @@ class RunRecorder:
     def _close(self, status: str) -> None:
         with self._lock:
             self.results["status"] = status
-            self.results["finished_at"] = _now()
+            self.results["finished_at"] = utc_now()
             self.results["wall_seconds"] = self._earlier_seconds + time.monotonic() - self._started
             self.write()
         detail = f": {self.results['error']}" if status != "completed" else ""

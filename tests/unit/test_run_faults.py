@@ -253,3 +253,13 @@ def test_a_stopped_campaign_records_its_run_interrupted_when_the_serverapp_could
     record_abandoned(tmp_path / "killed", KILLED_BEFORE)
     status, line = run_status(tmp_path / "killed")
     assert status == "interrupted" and KILLED_BEFORE in line
+    # A run that cannot be continued starts afresh beside its killed attempt: that one is closed too.
+    for attempt in ("1-older", "2-newer"):
+        (tmp_path / "fresh" / attempt).mkdir(parents=True)
+    older = RunRecorder(tmp_path / "fresh" / "1-older", {"run_config": {"num-server-rounds": 3}}, ["block5"], 0.75)
+    older.results["process"]["pid"] = _gone_pid()
+    older.write()
+    newer = RunRecorder(tmp_path / "fresh" / "2-newer", {"run_config": {"num-server-rounds": 3}}, ["block5"], 0.75)
+    record_abandoned(tmp_path / "fresh", KILLED_BEFORE)
+    assert run_status(older.run_dir)[0] == "interrupted"
+    assert run_status(newer.run_dir)[0] == "running"

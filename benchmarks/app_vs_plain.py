@@ -26,13 +26,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -40,6 +38,7 @@ from flwr.common.config import parse_config_args
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plain_fedavg import run as run_plain  # noqa: E402
+from provenance import cited, provenance, write_json  # noqa: E402
 
 from mefl.runtime.deployment import LocalDeployment  # noqa: E402
 from mefl.runtime.simulation import SimulationSuperLink  # noqa: E402
@@ -189,9 +188,7 @@ def render_markdown(report: dict) -> str:
     """One Markdown table of a report written by ``--json`` (what benchmarks/RESULTS.md shows)."""
     w = report["workload"]
     lines = [
-        f"`{report['command']}` -- {report['date']}, {report['machine']['cpu_count']} cores "
-        f"({report['machine']['processor']}), torch {report['machine']['torch']}"
-        + (f", GPU {report['machine']['device']}" if report["machine"].get("device", "cpu") != "cpu" else ""),
+        cited(report),
         "",
         f"Workload: {w['task']}, {w['clients']} clients, {w['rounds']} rounds, {w['local_epochs']} local epochs, "
         f"{w['samples_per_round']} training samples per round, "
@@ -268,16 +265,9 @@ def main() -> None:
     samples_per_round = settings.local_epochs * sum(len(s.train) for s in shards)
     # FLOPs of one sample's forward + backward pass (FlopCounterMode plus mefl's LSTM formulas).
     flops_per_sample = model_costs(settings, data.num_classes, data.input_shape)[1] * 1e6
+    gpu = f", GPU {torch.cuda.get_device_name()}" if device == "cuda" else ""
     report: dict = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-        },
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        **provenance(gpu),
         "workload": {
             "task": args.task,
             "clients": args.clients,
@@ -325,7 +315,7 @@ def main() -> None:
             # Each arm's raw numbers as soon as it ends: a run cut short (a time limit) keeps them.
             print(f"done: {name}: " + json.dumps(report["runs"][name]), flush=True)
             if args.json:
-                args.json.write_text(json.dumps(report, indent=1))
+                write_json(args.json, {**report, **provenance(gpu)})
     report["finished"] = True
     baseline = min(statistics.fmean(r["round_seconds"]) for n, r in report["runs"].items() if n.startswith("plain"))
     peak = report["matmul_peak_gflops"][str(args.cores)]
@@ -336,9 +326,10 @@ def main() -> None:
         r["train_samples_per_second"] = samples_per_round / per_round
         r["achieved_gflops"] = samples_per_round * flops_per_sample / per_round / 1e9
         r["share_of_matmul_peak"] = r["achieved_gflops"] / peak
+    report.update(provenance(gpu))
     print(render_markdown(report))
     if args.json:
-        args.json.write_text(json.dumps(report, indent=1))
+        write_json(args.json, report)
 
 
 if __name__ == "__main__":

@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import cited, provenance, write_json  # noqa: E402
+
 from mefl.export import load_run  # noqa: E402
 from mefl.exported import ENGINES, ExportedModel, softmax  # noqa: E402
 from mefl_app.task import load_task_data  # noqa: E402
@@ -104,11 +104,7 @@ def run(args: argparse.Namespace) -> dict:
     x = np.ascontiguousarray(test.x.numpy()[order], dtype=np.float32)
     y = test.y.numpy()[order]
     metadata = models["onnx"].metadata
-    return {
-        "command": "python benchmarks/export_latency.py " + " ".join(sys.argv[1:]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.node()}: {os.cpu_count()} CPUs ({platform.machine()}), torch {torch.__version__}, "
-        f"onnxruntime {__import__('onnxruntime').__version__}, load average {os.getloadavg()[0]:.2f} at start",
+    measured = {
         "task": metadata["task"],
         "exits": metadata["exits"],
         "forward_mflops_per_exit": metadata["forward_mflops_per_exit"],
@@ -119,6 +115,7 @@ def run(args: argparse.Namespace) -> dict:
         "early_exit": early_exit_sweep(models, x, y, args.thresholds),
         "deepest_per_sample_ms": deepest_per_sample(models, x),
     }
+    return {**provenance(f", onnxruntime {__import__('onnxruntime').__version__}"), **measured}
 
 
 def best_threshold(result: dict, engine: str) -> dict | None:
@@ -131,7 +128,7 @@ def best_threshold(result: dict, engine: str) -> dict | None:
 def render(result: dict) -> str:
     exits = result["exits"]
     lines = [
-        f"`{result['command']}` -- {result['date']}, {result['machine']}; {result['samples']} central test samples",
+        f"{cited(result)}; {result['samples']} central test samples",
         "",
         "| exit | MFLOPs | accuracy | "
         + " | ".join(f"{e} batch 1 (ms)" for e in ENGINES)
@@ -217,8 +214,7 @@ def main() -> int:
         return 0
     result = run(args)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
     if args.plot:
         plot(result, args.plot)
     print(render(result))

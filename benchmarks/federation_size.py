@@ -18,17 +18,15 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 
-import torch
 from flwr.common.config import parse_config_args
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from app_vs_plain import run_app  # noqa: E402
+from provenance import cited, provenance, write_json  # noqa: E402
 
 MESSAGES = 24  # training messages a round in the cohort arms
 
@@ -44,8 +42,7 @@ def arms(clients: int) -> dict[str, dict]:
 
 def render_markdown(report: dict) -> str:
     lines = [
-        f"`{report['command']}` -- {report['date']}, {report['machine']['cpu_count']} cores "
-        f"({report['machine']['processor']}), torch {report['machine']['torch']}",
+        cited(report),
         "",
         f"Workload: {report['workload']}",
         "",
@@ -83,13 +80,7 @@ def main() -> None:
     )
     task_config = parse_config_args([overrides])
     report = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-            "torch": torch.__version__,
-        },
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        **provenance(),
         "workload": f"Fashion-MNIST, 1 round, run config {overrides.strip()}, {os.cpu_count()} clients x 1 thread "
         "at a time (Ray)",
         "runs": {},
@@ -102,10 +93,11 @@ def main() -> None:
                 report["runs"][name] = run_app(task_config, clients, 1, 1, 1, Path(tmp), **extra)
                 print(f"done: {name}: " + json.dumps(report["runs"][name]), flush=True)
                 if args.json:
-                    args.json.write_text(json.dumps(report, indent=1))
+                    write_json(args.json, {**report, **provenance()})
     report["finished"] = True
+    report.update(provenance())
     if args.json:
-        args.json.write_text(json.dumps(report, indent=1))
+        write_json(args.json, report)
     print(render_markdown(report))
 
 

@@ -16,12 +16,14 @@ import argparse
 import copy
 import json
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import provenance, write_json  # noqa: E402
+
 from mefl_app.cohort import train_cohort  # noqa: E402
 from mefl_app.data.shards import make_client_shard  # noqa: E402
 from mefl_app.settings import RunSettings  # noqa: E402
@@ -74,14 +76,9 @@ def main() -> None:
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
-    report = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "torch": torch.__version__,
-        "rows": rows,
-    }
+    report = {**provenance(), "rows": rows}
     if args.json:
-        args.json.write_text(json.dumps(report, indent=1))
+        write_json(args.json, report)
 
 
 if __name__ == "__main__":

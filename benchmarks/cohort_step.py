@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import provenance, write_json  # noqa: E402
 
-from mefl_app.cohort import CohortResNet, _sgd_step, cohort_multi_exit_loss  # noqa: E402
+from mefl_app.cohort import CohortResNet, cohort_multi_exit_loss, sgd_step  # noqa: E402
 from mefl_app.model.loss import multi_exit_loss  # noqa: E402
 from mefl_app.settings import RunSettings  # noqa: E402
 from mefl_app.task import initial_model  # noqa: E402
@@ -91,7 +91,7 @@ def cohort_step(settings: RunSettings, k: int, device: torch.device, mode: str) 
             p.grad = None
         losses.sum().backward()
         with torch.no_grad():
-            _sgd_step(params, buffers, settings)
+            sgd_step(params, buffers, settings)
 
     return step if mode == "eager" else torch.compile(step, mode=None if mode == "default" else mode)
 

@@ -288,7 +288,7 @@ def train_cohort(
             p.grad = None
         losses.sum().backward()  # client c's parameters get only client c's gradient
         with torch.no_grad():
-            _sgd_step(params, buffers, settings)
+            sgd_step(params, buffers, settings)
         loss_sums[members] += losses.detach()
     return CohortResult(states, [float(loss_sums[c]) / max(steps[c], 1) for c in range(len(models))])
 
@@ -309,7 +309,7 @@ def _batches(n: int, settings: RunSettings, generator: torch.Generator) -> list[
     return batches
 
 
-def _sgd_step(params: list[Tensor], buffers: list[Tensor], settings: RunSettings) -> None:
+def sgd_step(params: list[Tensor], buffers: list[Tensor], settings: RunSettings) -> None:
     """PyTorch's SGD (momentum, weight decay) on stacked parameters, with clipping of each client's
     gradient norm."""
     grads = [p.grad for p in params]

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from mefl_app.files import write_atomically
-from mefl_app.server.run_folder import checkpoint_of, utc_now
-from mefl_app.server.strategies import keeps_server_state
+from mefl_app.server.resume import why_not_continuable
+from mefl_app.server.run_folder import utc_now
 from mefl_app.settings import RunSettings
 
 from . import APP_DIR
@@ -30,7 +30,7 @@ VARIANTS = {"me": True, "se": False}  # run folder prefix -> multi-exit
 
 # Settings a campaign varies per run, and the multi-exit loss settings, which a single-exit run
 # ignores (``multi_exit_loss`` of one exit is plain cross-entropy).
-PER_RUN_KEYS = ("multi-exit", "seed", "partition-seed", "output-dir", "resume-from")
+PER_RUN_KEYS = ("multi-exit", "seed", "partition-seed", "output-dir", "resume-from", "client-state-dir")
 LOSS_KEYS = ("distill-weight", "distill-temperature", "distill-teacher", "exit-loss-weights")
 
 
@@ -85,14 +85,12 @@ def settings_of(config: dict[str, Any]) -> RunSettings:
 
 
 def stopped_attempt(folder: Path, config: dict[str, Any]) -> Path | None:
-    """The newest attempt under ``folder`` with a checkpoint short of the configuration's rounds
-    -- stopped, or completed with fewer rounds -- to continue instead of starting over (not for
-    strategies whose server state a checkpoint lacks)."""
-    if keeps_server_state(settings_of(config)):
-        return None
+    """The newest attempt under ``folder`` that can be continued to the configuration's rounds
+    (resume.py: a checkpoint short of them, with the state its strategy keeps) -- stopped, or
+    completed with fewer rounds -- to continue instead of starting over."""
+    settings = settings_of(config)
     for path in sorted(folder.glob("*/results.json"), reverse=True):
-        checkpoint = checkpoint_of(path.parent, json.loads(path.read_text()))
-        if checkpoint and checkpoint["round"] < rounds_wanted(config):
+        if why_not_continuable(path.parent, json.loads(path.read_text()), settings) is None:
             return path.parent
     return None
 
@@ -142,6 +140,8 @@ def _run_one(link, name, config, folder, clients, cpus_per_client, gpus_per_clie
     """One configuration through ``link`` (continuing its stopped attempt); whether it completed."""
     folder.mkdir(parents=True, exist_ok=True)
     record_abandoned(folder, KILLED_BEFORE)  # a killed attempt must not read "running" once continued
+    # The clients' own state (FedDyn's) is kept beside the attempts, so that one can be continued.
+    config = {"client-state-dir": str((folder / "client-state").resolve()), **config}
     stopped = stopped_attempt(folder, config)
     if stopped is not None:
         config = {**config, "resume-from": str(stopped.resolve())}

@@ -18,6 +18,7 @@ from torch import nn
 
 from . import metrics
 from .budget import LevelChoice, budget_of, choose_level, measure_levels
+from .client_state import RUNS_KEY, load_client_state, save_client_state
 from .cohort import train_cohort
 from .data.shards import ClientShard, label_counts
 from .device import apply_thread_setting, select_device
@@ -139,7 +140,7 @@ def train(msg: Message, context: Context) -> Message:
     train_loss = 0.0
     if trains:
         config = msg.content["config"]
-        feddyn = _feddyn_state(float(config.get(ALPHA_KEY, 0.0)), model, context)
+        feddyn = _feddyn_state(local, config, context)
         try:
             train_loss = train_local(
                 model,
@@ -155,6 +156,9 @@ def train(msg: Message, context: Context) -> Message:
             raise NonFiniteError(f"partition {shard.partition_id}, round {server_round}: {error}") from None
         if feddyn is not None:  # FedDyn's client state lives on the node between rounds
             context.state[FEDDYN_STATE] = ArrayRecord(feddyn.grads)
+            if settings.client_state_dir and RUNS_KEY in config:  # and on its disk (client_state.py)
+                run = str(config[RUNS_KEY][0])
+                save_client_state(settings.client_state_dir, run, shard.partition_id, server_round, feddyn.grads)
     arrays, record = _train_reply(local, trains, train_loss, time.perf_counter() - started)
     return Message(RecordDict({"arrays": arrays, "metrics": record}), reply_to=msg)
 
@@ -241,12 +245,20 @@ def _train_reply(local: LocalSetup, trains: bool, train_loss: float, train_secon
     return arrays, record
 
 
-def _feddyn_state(alpha: float, model: nn.Module, context: Context) -> FedDynState | None:
-    """This node's FedDyn state (zeros in its first round), when the strategy is FedDyn."""
+def _feddyn_state(local: LocalSetup, config: ConfigRecord, context: Context) -> FedDynState | None:
+    """This node's FedDyn state when the strategy is FedDyn: from its ``Context.state``, else (a
+    fresh process, a continued run) from ``client-state-dir``, else zeros (its first round)."""
+    alpha = float(config.get(ALPHA_KEY, 0.0))
     if alpha <= 0:
         return None
-    stored = context.state[FEDDYN_STATE].to_torch_state_dict() if FEDDYN_STATE in context.state else {}
-    grads = {name: stored.get(name, torch.zeros_like(p, device="cpu")) for name, p in model.named_parameters()}
+    if FEDDYN_STATE in context.state:
+        stored = context.state[FEDDYN_STATE].to_torch_state_dict()
+    elif local.settings.client_state_dir and RUNS_KEY in config:
+        runs, server_round = list(config[RUNS_KEY]), int(config["server-round"])
+        stored = load_client_state(local.settings.client_state_dir, runs, local.shard.partition_id, server_round) or {}
+    else:
+        stored = {}
+    grads = {name: stored.get(name, torch.zeros_like(p, device="cpu")) for name, p in local.model.named_parameters()}
     return FedDynState(alpha, grads)
 
 

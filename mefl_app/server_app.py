@@ -7,6 +7,7 @@ import copy
 from collections import Counter
 from collections.abc import Callable
 from logging import INFO, WARNING
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ from torch import nn
 
 from . import cohort, metrics
 from .budget import peak_step_memory_mb
+from .client_state import RUNS_KEY
 from .data.tensors import TaskData, TensorData
 from .device import select_device
 from .evaluate import evaluate_exits
@@ -31,6 +33,7 @@ from .server.momentum_distillation import MomentumDistillation, momentum_pairs
 from .server.polling_grid import PollingGrid
 from .server.resume import load_resume_point
 from .server.run_folder import RunRecorder, make_run_dir
+from .server.server_state import chain, load_server_state
 from .server.strategies import build_strategy
 from .server.tracking import TrackingStrategy
 from .settings import RunSettings
@@ -73,11 +76,20 @@ def main(grid: Grid, context: Context) -> None:
 
         # Flower's strategy, aware of exit levels, observed by the tracking wrapper
         levels = exit_level_aggregation(strategy, settings, model, data, recorder)
+        if resumed is not None and resumed.server_state:
+            load_server_state(levels, resumed.server_state)
         tracked = TrackingStrategy(levels, recorder, settings.min_train_replies, offset, settings.min_train_fraction)
         # Clients build their model from what the server announces, and refuse other data.
         announced = {"num-classes": data.num_classes, "input-shape": list(data.input_shape)}
+        train_config = dict(announced)
+        if settings.client_state_dir:  # where clients find what they saved (client_state.py)
+            earlier = [Path(r["from"]).name for r in reversed(recorder.results.get("resumed", []))]
+            train_config[RUNS_KEY] = [run_dir.name, *earlier]
         census = take_census(grid, settings, announced)
         recorder.record_federation(census)
+        if resumed is not None:
+            aggregation = next(part for part in chain(levels) if isinstance(part, ExitLevelAggregation))
+            aggregation.know_levels({node: int(answer[metrics.EXIT_LEVEL]) for node, answer in census.items()})
         grid = PollingGrid(grid, settings.reply_poll_seconds)
         cohort_size = settings.cohort_size
         if cohort_size == AUTO_COHORT_SIZE:
@@ -92,7 +104,7 @@ def main(grid: Grid, context: Context) -> None:
             initial_arrays=ArrayRecord(model.state_dict()),
             num_rounds=settings.num_server_rounds - offset,
             timeout=settings.round_timeout,
-            train_config=ConfigRecord(dict(announced)),
+            train_config=ConfigRecord(train_config),
             evaluate_config=ConfigRecord(dict(announced)),
             evaluate_fn=None if tuning else central_evaluation(model, data, settings),
         )

@@ -76,6 +76,7 @@ class RunSettings:
     data_dir: str = "~/.cache/mefl/data"
     output_dir: str = "outputs"
     resume_from: str = ""
+    client_state_dir: str = ""
     har_subset: str = "acc"
     # federation
     num_server_rounds: int = 50

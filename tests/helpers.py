@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mefl_app import metrics
 from mefl_app.data.tensors import TaskData, TensorData
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,3 +105,35 @@ def completed_run(superlink, config: dict, clients: int) -> dict:
     results = only_results(Path(config["output-dir"]))
     assert results["status"] == "completed", (results.get("error"), proc.stdout[-3000:])
     return results
+
+
+def train_reply(arrays: dict, partition: int, level: int = 1, examples: int = 10):
+    """A client's train reply as the ClientApp sends it: ``arrays`` (name -> values) and the metrics
+    of a client at exit ``level`` with ``examples`` training examples, from node 100 + ``partition``."""
+    from flwr.app import Array, ArrayRecord, Message, MessageType, RecordDict
+
+    scores = metrics.ExitScores([1] * level, [0.5] * level, [4] * level)
+    record = metrics.scores_record(partition, examples, scores, **{metrics.TRAIN_LOSS: 1.0})
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord({k: Array(np.asarray(v, dtype=np.float32)) for k, v in arrays.items()}),
+            "metrics": record,
+        }
+    )
+    message = Message(content, dst_node_id=0, message_type=MessageType.TRAIN)
+    message.metadata.__dict__["_src_node_id"] = 100 + partition
+    return message
+
+
+class FourNodes:
+    """A grid of four connected nodes (100-103): the federation a strategy samples from."""
+
+    def get_node_ids(self):
+        return [100, 101, 102, 103]
+
+
+def relative_distance(a: dict, b: dict) -> float:
+    """||a - b|| / ||b|| over the floating-point arrays of two state dicts."""
+    keys = [k for k in b if b[k].is_floating_point()]
+    squared = sum(((a[k] - b[k]).double() ** 2).sum() for k in keys)
+    return float((squared / sum((b[k].double() ** 2).sum() for k in keys)).sqrt())

@@ -98,6 +98,11 @@ class ExitLevelAggregation(WrappingStrategy):
         self._learn_levels(replies)
         return self.inner.aggregate_evaluate(server_round, replies)
 
+    def know_levels(self, node_levels: Mapping[int, int]) -> None:
+        """Take every node's level from the census: a continued run, whose stopped run learnt them
+        from its first replies, trims its first round's downlink as that run would have."""
+        self.node_level.update(node_levels)
+
     def _learn_levels(self, replies: list[Message]) -> None:
         for message in replies:
             if not message.has_error():

@@ -8,12 +8,15 @@ l, with P_l the replying clients that hold it and m the number of clients in the
 and the new global array is ``mean_l - h_l / alpha``; an array nobody sent keeps its value and
 its h. Normalisation statistics (BatchNorm's running mean / var) are averaged plainly. Clients
 add FedDyn's terms to their loss and keep their own state between rounds (``train.py``,
-``client_app.py``): the server tells them ``alpha`` in the train config.
+``client_app.py``): the server tells them ``alpha`` in the train config. ``h`` is saved with
+every checkpoint (server_state.py) and the clients' state with ``client-state-dir``, so a stopped
+run continues (``resume-from``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -89,3 +92,10 @@ class FedDyn(FedAvg):
             result[name] = Array((mean - h / self.alpha).astype(previous.dtype))
         metrics = self.train_metrics_aggr_fn([m.content for m in ok], self.weighted_by_key)
         return ArrayRecord(result), metrics
+
+    def server_state(self) -> dict[str, Any]:
+        """What the next round needs beyond the global model (server_state.py saves it)."""
+        return {"h": dict(self.h), "num_clients": self.num_clients}
+
+    def load_server_state(self, state: dict[str, Any]) -> None:
+        self.h, self.num_clients = dict(state["h"]), int(state["num_clients"])

@@ -14,12 +14,14 @@ HypeMeFed: biases, normalisation layers and exit heads of missing layers are not
 Where mefl departs: the generated weights do enter the aggregate (the released code's write-back,
 ``model.state_dict()[name].data = ...``, leaves the model unchanged), and the rank is
 ``hypernetwork-rank`` capped by the weight's size (the released code builds them with the round
-counter, 1, as rank).
+counter, 1, as rank). The hypernetworks are saved with every checkpoint (``server_state``), so
+a stopped run continues (``resume-from``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -94,6 +96,23 @@ class HypernetworkFill(WrappingStrategy):
                         arrays[target] = Array(self.networks[(source, target)](weight).numpy())
             filled.append(with_arrays(message, ArrayRecord(arrays)))
         return self.inner.aggregate_train(server_round, filled)
+
+    def server_state(self) -> dict[str, Any]:
+        """The hypernetworks trained so far (server_state.py saves them with each checkpoint; the
+        Adam state starts anew each round)."""
+        return {
+            "networks": [
+                {"pair": list(pair), "source": list(n.source), "target": list(n.target), "weights": n.state_dict()}
+                for pair, n in self.networks.items()
+            ]
+        }
+
+    def load_server_state(self, state: dict[str, Any]) -> None:
+        self.networks = {}
+        for entry in state["networks"]:
+            network = LowRankHypernetwork(entry["source"], entry["target"], self.rank)
+            network.load_state_dict({k: torch.as_tensor(v) for k, v in entry["weights"].items()})
+            self.networks[tuple(entry["pair"])] = network
 
     def _train(self, pair: tuple[str, str], examples: list[tuple[Array, Array]], generator: torch.Generator) -> None:
         if not examples:

@@ -3,17 +3,19 @@
 Every finished round leaves ``checkpoint-round<N>.pt`` (the global model) in the run folder and
 names it in ``results.json``, written after the checkpoint, so the two never disagree. A run with
 ``resume-from = "<run folder>"`` starts a fresh folder, copies the finished rounds' records, loads
-the checkpoint and trains rounds N+1 .. ``num-server-rounds``. The clients hold no state between
-rounds and seed each round from (seed, round, partition), so for stateless strategies the
-continued run is the run that would have happened -- except for float summation order in the
-aggregate. Strategies that keep server state (momentum, Adam moments, adaptive clipping) would
-silently restart it, so they are refused.
+the checkpoint and trains rounds N+1 .. ``num-server-rounds``. The clients seed each round from (seed,
+round, partition), and what strategies keep between rounds (momentum, Adam moments, FedDyn's h,
+HypeMeFed's hypernetworks) is saved with every checkpoint (server_state.py), as FedDyn's clients
+save theirs under ``client-state-dir`` (client_state.py); so the continued run is the run that
+would have happened -- except for float summation order in the aggregate. What cannot be
+restored (adaptive DP clipping's state; FedDyn clients' state kept in memory only) is refused.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -37,28 +39,19 @@ MAY_DIFFER = (
 )
 
 
-def load_resume_point(run_dir: str | Path, settings: RunSettings) -> ResumePoint:
-    """The stopped run in ``run_dir``, checked against ``settings``; a clear error if it
-    cannot be continued with them."""
-    run_dir = Path(run_dir).expanduser().resolve()
-    path = run_dir / RESULTS_FILE
-    if not path.is_file():
-        raise SettingsError(f"resume-from: no {RESULTS_FILE} in {run_dir}")
-    results = json.loads(path.read_text())
+def why_not_continuable(run_dir: Path, results: dict[str, Any], settings: RunSettings) -> str | None:
+    """Why the run in ``run_dir`` (its ``results``) cannot be continued with ``settings``, or None."""
     checkpoint = checkpoint_of(run_dir, results)
     if not checkpoint:
-        raise SettingsError(f"resume-from: {run_dir} has no finished round to continue from")
-    server_round = int(checkpoint["round"])
-    if server_round >= settings.num_server_rounds:
-        raise SettingsError(
-            f"resume-from: {run_dir} already has {server_round} rounds; "
-            f"num-server-rounds is {settings.num_server_rounds}"
-        )
-    if keeps_server_state(settings):
-        raise SettingsError(
-            f"resume-from: strategy {settings.strategy!r} (dp {settings.dp!r}) keeps server state "
-            "that checkpoints do not hold; only stateless strategies can be continued"
-        )
+        return f"{run_dir} has no finished round to continue from"
+    if int(checkpoint["round"]) >= settings.num_server_rounds:
+        return f"{run_dir} already has {checkpoint['round']} rounds; num-server-rounds is {settings.num_server_rounds}"
+    if settings.dp == "adaptive":
+        return "adaptive DP clipping keeps state (its clipping norm) that checkpoints do not hold: start over"
+    if keeps_server_state(settings) and "server_state" not in checkpoint:
+        return f"{run_dir} was saved without its strategy's server state (an older mefl): start over"
+    if settings.strategy == "feddyn" and not settings.client_state_dir:
+        return "FedDyn's clients keep their state in memory only (client-state-dir is empty): start over"
     stored, current = results.get("run_config", {}), settings.as_run_config()
     fixed = (
         ("num-server-rounds",) if settings.distill_ramp or settings.distill_warmup else ()
@@ -68,6 +61,26 @@ def load_resume_point(run_dir: str | Path, settings: RunSettings) -> ResumePoint
     )
     if differing:
         shown = ", ".join(f"{k}: {stored[k]!r} there, {current[k]!r} here" for k in differing)
-        raise SettingsError(f"resume-from: the run config differs from the stopped run's ({shown})")
+        return f"the run config differs from the stopped run's ({shown})"
+    return None
+
+
+def load_resume_point(run_dir: str | Path, settings: RunSettings) -> ResumePoint:
+    """The stopped run in ``run_dir``, checked against ``settings``; a clear error if it
+    cannot be continued with them."""
+    run_dir = Path(run_dir).expanduser().resolve()
+    path = run_dir / RESULTS_FILE
+    if not path.is_file():
+        raise SettingsError(f"resume-from: no {RESULTS_FILE} in {run_dir}")
+    results = json.loads(path.read_text())
+    why = why_not_continuable(run_dir, results, settings)
+    if why:
+        raise SettingsError(f"resume-from: {why}")
+    checkpoint = checkpoint_of(run_dir, results)
     state_dict = torch.load(run_dir / checkpoint["file"], map_location="cpu", weights_only=True)
-    return ResumePoint(run_dir, server_round, state_dict, results)
+    server_state = (
+        torch.load(run_dir / checkpoint["server_state"], map_location="cpu", weights_only=True)
+        if "server_state" in checkpoint
+        else None
+    )
+    return ResumePoint(run_dir, int(checkpoint["round"]), state_dict, results, server_state)

@@ -5,8 +5,9 @@ The file is replaced atomically, so a run killed at any moment leaves a readable
 "interrupted" (stopped by a signal: Ctrl-C, SIGTERM, ``flwr stop``; resumable) or still "running"
 (or the process was killed outright, e.g. SIGKILL: ``process`` names its host and pid, and
 ``mefl status`` reports such a run "killed"; resumable too), and whose
-``checkpoint`` names the global model of the last finished round (``resume-from`` continues
-from it, see resume.py); only a completed run has ``model.pt``.
+``checkpoint`` names the global model of the last finished round and, for a strategy that keeps
+state between rounds, that state (``resume-from`` continues from both, see resume.py); only a
+completed run has ``model.pt``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class ResumePoint:
     server_round: int  # the last finished round; the continuation starts after it
     state_dict: dict[str, torch.Tensor]
     results: dict[str, Any]
+    server_state: dict[str, Any] | None = None  # the strategies' state after that round (server_state.py)
 
 
 def checkpoint_of(run_dir: Path, results: dict[str, Any]) -> dict[str, Any] | None:
@@ -55,6 +57,13 @@ def checkpoint_of(run_dir: Path, results: dict[str, Any]) -> dict[str, Any] | No
     if results.get("status") == "completed" and (run_dir / "model.pt").is_file():
         return {"round": len(results["rounds"]), "file": "model.pt"}
     return None
+
+
+def _remove_checkpoint(run_dir: Path, checkpoint: dict[str, Any]) -> None:
+    """Delete a checkpoint's files (the model and, where saved, the server state)."""
+    for key in ("file", "server_state"):
+        if key in checkpoint:
+            (run_dir / checkpoint[key]).unlink(missing_ok=True)
 
 
 def utc_now() -> str:
@@ -130,7 +139,7 @@ class RunRecorder:
             *before.get("resumed", []),
             {"from": str(point.run_dir), "after_round": point.server_round},
         ]
-        self._save_checkpoint(point.server_round, ArrayRecord(point.state_dict))
+        self._save_checkpoint(point.server_round, ArrayRecord(point.state_dict), point.server_state)
         self.write()
 
     # -- per-round collection ------------------------------------------------------------
@@ -222,12 +231,19 @@ class RunRecorder:
             self._round(server_round)["central_ensemble"] = {"accuracy": scores.ensemble_accuracy}
 
     # -- end of round ---------------------------------------------------------------------
-    def finish_round(self, server_round: int, num_rounds: int, arrays: ArrayRecord | None = None) -> None:
-        """Close the round's record; with ``arrays``, also checkpoint the global model (the
-        previous round's checkpoint is deleted once results.json names the new one)."""
+    def finish_round(
+        self,
+        server_round: int,
+        num_rounds: int,
+        arrays: ArrayRecord | None = None,
+        server_state: dict[str, Any] | None = None,
+    ) -> None:
+        """Close the round's record; with ``arrays``, also checkpoint the global model and the
+        strategies' ``server_state`` (the previous round's files are deleted once results.json
+        names the new ones)."""
         previous_checkpoint = self.results.get("checkpoint")
         if arrays is not None:
-            self._save_checkpoint(server_round, arrays)
+            self._save_checkpoint(server_round, arrays, server_state)
         entry = self._round(server_round)
         entry["seconds"] = time.monotonic() - self._round_started.get(server_round, self._started)
         previous = self.results["rounds"][-2]["bytes_cumulative"] if len(self.results["rounds"]) > 1 else 0
@@ -235,13 +251,19 @@ class RunRecorder:
         self._update_targets(entry)
         self.write()
         if arrays is not None and previous_checkpoint and previous_checkpoint["round"] != server_round:
-            (self.run_dir / previous_checkpoint["file"]).unlink(missing_ok=True)
+            _remove_checkpoint(self.run_dir, previous_checkpoint)
         log(INFO, "[mefl] %s", self.progress_line(entry, num_rounds))
 
-    def _save_checkpoint(self, server_round: int, arrays: ArrayRecord) -> None:
+    def _save_checkpoint(
+        self, server_round: int, arrays: ArrayRecord, server_state: dict[str, Any] | None = None
+    ) -> None:
         name = f"checkpoint-round{server_round}.pt"
         self.save_arrays(arrays, name)
         self.results["checkpoint"] = {"round": server_round, "file": name}
+        if server_state:
+            state_name = f"server-state-round{server_round}.pt"
+            write_atomically(self.run_dir / state_name, lambda tmp: torch.save(server_state, tmp))
+            self.results["checkpoint"]["server_state"] = state_name
 
     def _update_targets(self, entry: dict[str, Any]) -> None:
         for kind in ACCURACY_KINDS:
@@ -280,7 +302,7 @@ class RunRecorder:
         self.save_arrays(final_arrays, "model.pt")
         checkpoint = self.results.get("checkpoint")
         if checkpoint:
-            self.results["checkpoint"] = {"round": checkpoint["round"], "file": "model.pt"}
+            self.results["checkpoint"] = {**checkpoint, "file": "model.pt"}
         self._close("completed")
         if checkpoint:
             (self.run_dir / checkpoint["file"]).unlink(missing_ok=True)

@@ -76,14 +76,14 @@ FLOWER_DEFAULT_IF_ZERO = {"eta", "eta_l"}
 # Strategies whose aggregate is a function of the weighted mean of the replies: exact on partial
 # uploads averaged per array (clients at different exit levels, see exit_levels.py).
 MEAN_BASED = (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad)
-# Strategies that keep state between rounds that a model checkpoint lacks (momentum, Adam
-# moments): a stopped run of theirs cannot be continued (``resume-from``).
+# Strategies that keep state between rounds beside the global model (momentum, Adam moments,
+# FedDyn's h): saved with each checkpoint (server_state.py) for ``resume-from``.
 KEEPS_SERVER_STATE = ("fedavgm", "fedadam", "fedyogi", "fedadagrad", "feddyn")
 
 
 def keeps_server_state(settings: RunSettings) -> bool:
-    """Whether the server holds state between rounds that a model checkpoint lacks: the
-    strategy's, adaptive DP clipping's, or HypeMeFed's hypernetworks."""
+    """Whether the server holds state between rounds beside the global model: the strategy's,
+    adaptive DP clipping's, or HypeMeFed's hypernetworks."""
     return settings.strategy in KEEPS_SERVER_STATE or settings.dp == "adaptive" or settings.hypernetwork_rank > 0
 
 

@@ -26,6 +26,7 @@ from flwr.serverapp.strategy import Result, Strategy
 from .. import metrics
 from ..health import NonFiniteError, all_finite, non_finite_arrays
 from .run_folder import RunRecorder
+from .server_state import server_state
 from .wrapping import WrappingStrategy
 
 
@@ -104,7 +105,7 @@ class TrackingStrategy(WrappingStrategy):
                     )
                 self.recorder.record_central(server_round, central)
             if server_round > 0:
-                self.recorder.finish_round(server_round, last_round, arrays)
+                self.recorder.finish_round(server_round, last_round, arrays, server_state(self.inner))
             return scores
 
         return super().start(

@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import REPO, only_results, write_idx_fashion_mnist
+import torch
+from helpers import REPO, only_results, relative_distance, write_idx_fashion_mnist
 
 from mefl.campaigns import completed_results, run_configs
 from mefl.runtime.processes import BIN, descendants, process_alive, run_config_arg
@@ -18,9 +19,26 @@ pytestmark = pytest.mark.e2e
 EXITS = ["block1", "block3", "block5"]
 
 
-def test_a_campaign_continues_a_stopped_run_to_the_same_result(tmp_path):
+# What a run keeps between rounds beside the model: nothing (FedAvg); or FedDyn's h and its
+# clients' g (with mutual distillation: DepthFL without its ramp, which a shorter run would
+# rescale) and HypeMeFed's hypernetworks, with a client at each exit level.
+KEPT_STATE = {
+    "nothing": {},
+    "feddyn+hypernetworks": {
+        "strategy": "feddyn",
+        "distill-teacher": "mutual",
+        "distill-weight": 1.0,
+        "distill-temperature": 1.0,
+        "hypernetwork-rank": 100,
+        "exit-profile": "1:1,2:1,3:1",
+    },
+}
+
+
+@pytest.mark.parametrize("kept", sorted(KEPT_STATE))
+def test_a_campaign_continues_a_stopped_run_to_the_same_result(tmp_path, kept):
     """Simulation engine: a run stopped after round 2 of 3 and continued by a campaign ends
-    where an uninterrupted run ends."""
+    where an uninterrupted run ends, also when the strategy and the clients keep state."""
     data = write_idx_fashion_mnist(tmp_path / "data", n_train=300, n_test=60)
     base = {
         "task": "fmnist",
@@ -30,6 +48,7 @@ def test_a_campaign_continues_a_stopped_run_to_the_same_result(tmp_path):
         "seed": 0,
         "partition-seed": 0,
         "num-server-rounds": 3,
+        **KEPT_STATE[kept],
     }
     out = tmp_path / "campaign"
     run_configs({"whole": base, "stopped": {**base, "num-server-rounds": 2}}, out, clients=3, cpus_per_client=1)
@@ -39,8 +58,9 @@ def test_a_campaign_continues_a_stopped_run_to_the_same_result(tmp_path):
     path = out / "runs" / "stopped" / first["_path"].split("/")[-2]
     (path / "model.pt").rename(path / "checkpoint-round2.pt")
     killed = {k: v for k, v in first.items() if k not in ("_path", "finished_at", "wall_seconds")}
-    killed.update(status="running", checkpoint={"round": 2, "file": "checkpoint-round2.pt"})
+    killed.update(status="running", checkpoint={**first["checkpoint"], "file": "checkpoint-round2.pt"})
     (path / RESULTS_FILE).write_text(json.dumps(killed))
+    assert ("server_state" in killed["checkpoint"]) == (kept != "nothing")
 
     run_configs({"stopped": base}, out, clients=3, cpus_per_client=1)
     continued = completed_results(out / "runs" / "stopped")
@@ -48,7 +68,7 @@ def test_a_campaign_continues_a_stopped_run_to_the_same_result(tmp_path):
     assert continued["resumed"] == [{"from": str(path.resolve()), "after_round": 2}]
     assert [r["round"] for r in continued["rounds"]] == [1, 2, 3]
     assert continued["rounds"][:2] == first["rounds"]
-    # Round 3 trains from the same model with the same per-round seeds; only the float summation
+    # Round 3 trains from the same model, state and per-round seeds; only the float summation
     # order of the aggregate (reply order) may differ.
     for kind in ("personalized", "global_local", "central"):
         for exit_name in EXITS:
@@ -57,7 +77,13 @@ def test_a_campaign_continues_a_stopped_run_to_the_same_result(tmp_path):
             )
     assert continued["rounds"][2]["bytes_cumulative"] == whole["rounds"][2]["bytes_cumulative"]
     finished = Path(continued["_path"]).parent
-    assert sorted(p.name for p in finished.glob("*.pt")) == ["model.pt"] and continued["checkpoint"]["round"] == 3
+    state_file = ["server-state-round3.pt"] if kept != "nothing" else []
+    assert sorted(p.name for p in finished.glob("*.pt")) == ["model.pt", *state_file]
+    assert continued["checkpoint"]["round"] == 3
+    expected = torch.load(Path(whole["_path"]).parent / "model.pt", weights_only=True)
+    got = torch.load(finished / "model.pt", weights_only=True)
+    distance = relative_distance(got, expected)
+    assert distance < 1e-4, f"the continued run's final model is another model (relative distance {distance:.2e})"
 
 
 def test_a_killed_campaign_leaves_no_processes_and_continues(tmp_path):

@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
-from helpers import synthetic_task
+from helpers import FourNodes, synthetic_task, train_reply
 
 from mefl_app import client_app, metrics
 from mefl_app.data.shards import make_client_shard
-from mefl_app.metrics import ExitScores, pooled_metric_record
+from mefl_app.metrics import pooled_metric_record
 from mefl_app.model.loss import distill_schedule, multi_exit_loss
 from mefl_app.server.feddyn import ALPHA_KEY, FedDyn
 from mefl_app.settings import RunSettings, SettingsError
@@ -70,35 +70,17 @@ def test_distillation_schedules_depthfls_ramp_and_scalefls_warm_up():
     assert warm == [0.0, 0.0, 0.05, 0.05]
 
 
-def _reply(arrays, partition):
-    record = metrics.scores_record(partition, 10, ExitScores([1], [0.5], [4]), **{metrics.TRAIN_LOSS: 1.0})
-    content = RecordDict(
-        {
-            "arrays": ArrayRecord({k: Array(np.asarray(v, dtype=np.float32)) for k, v in arrays.items()}),
-            "metrics": record,
-        }
-    )
-    message = Message(content, dst_node_id=0, message_type=MessageType.TRAIN)
-    message.metadata.__dict__["_src_node_id"] = 100 + partition
-    return message
-
-
-class _Grid:
-    def get_node_ids(self):
-        return [100, 101, 102, 103]  # m = 4 clients in the federation
-
-
 def test_feddyn_server_state_and_aggregate_per_array_by_hand():
     alpha = 0.5
     strategy = FedDyn(alpha, min_train_nodes=1, min_available_nodes=1, train_metrics_aggr_fn=pooled_metric_record)
     previous = ArrayRecord(
         {"a": Array(np.array([0.0, 0.0], dtype=np.float32)), "b": Array(np.array([4.0], dtype=np.float32))}
     )
-    messages = list(strategy.configure_train(1, previous, ConfigRecord(), _Grid()))
+    messages = list(strategy.configure_train(1, previous, ConfigRecord(), FourNodes()))
     assert all(m.content["config"][ALPHA_KEY] == alpha for m in messages)  # the clients learn alpha
     # Two clients hold "a" (one of them also "b"): different depths.
     arrays, aggregate = strategy.aggregate_train(
-        1, [_reply({"a": [1.0, 2.0]}, 0), _reply({"a": [3.0, 6.0], "b": [8.0]}, 1)]
+        1, [train_reply({"a": [1.0, 2.0]}, 0), train_reply({"a": [3.0, 6.0], "b": [8.0]}, 1)]
     )
     h_a = -alpha * 2 / 4 * np.array([2.0, 4.0])  # mean a = [2, 4], |P| = 2
     h_b = -alpha * 1 / 4 * np.array([4.0])  # mean b = [8], |P| = 1, previous 4
@@ -107,8 +89,8 @@ def test_feddyn_server_state_and_aggregate_per_array_by_hand():
     np.testing.assert_allclose(arrays["b"].numpy(), np.array([8.0]) - h_b / alpha)
     assert aggregate[metrics.AGGREGATED_PARTITIONS] == [0, 1]
     # Round 2: an array nobody sends keeps its value and its h; h accumulates.
-    list(strategy.configure_train(2, arrays, ConfigRecord(), _Grid()))
-    again, _ = strategy.aggregate_train(2, [_reply({"a": arrays["a"].numpy() + 1.0}, 0)])
+    list(strategy.configure_train(2, arrays, ConfigRecord(), FourNodes()))
+    again, _ = strategy.aggregate_train(2, [train_reply({"a": arrays["a"].numpy() + 1.0}, 0)])
     np.testing.assert_allclose(again["b"].numpy(), arrays["b"].numpy())
     np.testing.assert_allclose(strategy.h["b"], h_b)
     np.testing.assert_allclose(strategy.h["a"], h_a - alpha * 1 / 4 * np.ones(2))
@@ -213,8 +195,8 @@ def test_hypernetworks_fill_only_the_layers_a_client_did_not_send():
             return None, None
 
     pairs = [("s", "t"), ("t", "u")]
-    shallow = _reply({"s": np.ones((4, 2))}, 0)
-    deep = _reply({"s": np.ones((4, 2)), "t": np.full((6, 2), 2.0), "u": np.zeros((6, 2))}, 1)
+    shallow = train_reply({"s": np.ones((4, 2))}, 0)
+    deep = train_reply({"s": np.ones((4, 2)), "t": np.full((6, 2), 2.0), "u": np.zeros((6, 2))}, 1)
     fill = HypernetworkFill(Keep(), pairs, rank=2, epochs=3, seed=0)
     fill.aggregate_train(1, [shallow, deep])
     shallow_after, deep_after = fill.inner.seen
@@ -242,15 +224,6 @@ def test_own_exit_training_teaches_each_client_only_its_deepest_exit(task_data):
     assert moved == [False, True] and not torch.equal(block, model.blocks[0].conv1.weight)
 
 
-def _level_reply(arrays, partition, level, examples):
-    scores = ExitScores([1] * level, [0.5] * level, [4] * level)
-    record = metrics.scores_record(partition, examples, scores, **{metrics.TRAIN_LOSS: 1.0})
-    arrays = ArrayRecord({k: Array(np.asarray(v, dtype=np.float32)) for k, v in arrays.items()})
-    message = Message(RecordDict({"arrays": arrays, "metrics": record}), dst_node_id=0, message_type=MessageType.TRAIN)
-    message.metadata.__dict__["_src_node_id"] = 100 + partition
-    return message
-
-
 def test_momentum_distillation_blends_each_shallower_levels_top_layer_by_hand():
     from mefl_app.server.momentum_distillation import MomentumDistillation
 
@@ -267,10 +240,10 @@ def test_momentum_distillation_blends_each_shallower_levels_top_layer_by_hand():
     previous = {"layers.0.w": [1.0, 1.0], "layers.1.w": [2.0, 2.0], "layers.2.w": [3.0, 3.0]}
     pairs = {1: [("layers.0.w", ["layers.1.w"])], 2: [("layers.1.w", ["layers.2.w"])]}
     replies = [
-        _level_reply({"layers.0.w": [0.9, 0.9], "layers.1.w": [1.8, 1.8], "layers.2.w": [2.0, 2.4]}, 0, 3, 1),
-        _level_reply({"layers.0.w": [0.9, 0.9], "layers.1.w": [1.8, 1.8], "layers.2.w": [2.4, 2.8]}, 1, 3, 3),
-        _level_reply({"layers.0.w": [0.8, 0.8], "layers.1.w": [1.9, 2.1]}, 2, 2, 2),
-        _level_reply({"layers.0.w": [0.5, 1.5]}, 3, 1, 5),
+        train_reply({"layers.0.w": [0.9, 0.9], "layers.1.w": [1.8, 1.8], "layers.2.w": [2.0, 2.4]}, 0, 3, 1),
+        train_reply({"layers.0.w": [0.9, 0.9], "layers.1.w": [1.8, 1.8], "layers.2.w": [2.4, 2.8]}, 1, 3, 3),
+        train_reply({"layers.0.w": [0.8, 0.8], "layers.1.w": [1.9, 2.1]}, 2, 2, 2),
+        train_reply({"layers.0.w": [0.5, 1.5]}, 3, 1, 5),
     ]
     blend = MomentumDistillation(Keep(), pairs, beta=0.2)
     blend.configure_train(
@@ -288,7 +261,7 @@ def test_momentum_distillation_blends_each_shallower_levels_top_layer_by_hand():
     # Level 1 learns from level 2's blended step: m = [0.22, -0.02]; own step [0.5, -0.5].
     np.testing.assert_allclose(shallow["layers.0.w"], [1 - 0.444, 1 + 0.404], rtol=1e-6)
     # Without a deeper client this round the momentum is zero: only (1 - beta) of the own step.
-    blend.aggregate_train(2, [_level_reply({"layers.0.w": [0.5, 1.5]}, 3, 1, 5)])
+    blend.aggregate_train(2, [train_reply({"layers.0.w": [0.5, 1.5]}, 3, 1, 5)])
     np.testing.assert_allclose(blend.inner.seen[0]["layers.0.w"], [0.6, 1.4], rtol=1e-6)
 
 

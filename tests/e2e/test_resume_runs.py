@@ -19,26 +19,23 @@ pytestmark = pytest.mark.e2e
 EXITS = ["block1", "block3", "block5"]
 
 
-# What a run keeps between rounds beside the model: nothing (FedAvg); or FedDyn's h and its
-# clients' g (with mutual distillation: DepthFL without its ramp, which a shorter run would
-# rescale) and HypeMeFed's hypernetworks, with a client at each exit level.
+# What a run keeps between rounds beside the model: FedDyn's h and its clients' g (with mutual
+# distillation: DepthFL without its ramp, which a shorter run would rescale) and HypeMeFed's
+# hypernetworks, with a client at each exit level. (A stateless FedAvg run is continued by
+# test_a_killed_campaign_leaves_no_processes_and_continues.)
 KEPT_STATE = {
-    "nothing": {},
-    "feddyn+hypernetworks": {
-        "strategy": "feddyn",
-        "distill-teacher": "mutual",
-        "distill-weight": 1.0,
-        "distill-temperature": 1.0,
-        "hypernetwork-rank": 100,
-        "exit-profile": "1:1,2:1,3:1",
-    },
+    "strategy": "feddyn",
+    "distill-teacher": "mutual",
+    "distill-weight": 1.0,
+    "distill-temperature": 1.0,
+    "hypernetwork-rank": 100,
+    "exit-profile": "1:1,2:1,3:1",
 }
 
 
-@pytest.mark.parametrize("kept", sorted(KEPT_STATE))
-def test_a_campaign_continues_a_stopped_run_to_the_same_result(tmp_path, kept):
+def test_a_campaign_continues_a_stopped_run_to_the_same_result(tmp_path):
     """Simulation engine: a run stopped after round 2 of 3 and continued by a campaign ends
-    where an uninterrupted run ends, also when the strategy and the clients keep state."""
+    where an uninterrupted run ends, with what the strategy and the clients keep between rounds."""
     data = write_idx_fashion_mnist(tmp_path / "data", n_train=300, n_test=60)
     base = {
         "task": "fmnist",
@@ -48,7 +45,7 @@ def test_a_campaign_continues_a_stopped_run_to_the_same_result(tmp_path, kept):
         "seed": 0,
         "partition-seed": 0,
         "num-server-rounds": 3,
-        **KEPT_STATE[kept],
+        **KEPT_STATE,
     }
     out = tmp_path / "campaign"
     run_configs({"whole": base, "stopped": {**base, "num-server-rounds": 2}}, out, clients=3, cpus_per_client=1)
@@ -60,7 +57,7 @@ def test_a_campaign_continues_a_stopped_run_to_the_same_result(tmp_path, kept):
     killed = {k: v for k, v in first.items() if k not in ("_path", "finished_at", "wall_seconds")}
     killed.update(status="running", checkpoint={**first["checkpoint"], "file": "checkpoint-round2.pt"})
     (path / RESULTS_FILE).write_text(json.dumps(killed))
-    assert ("server_state" in killed["checkpoint"]) == (kept != "nothing")
+    assert "server_state" in killed["checkpoint"]
 
     run_configs({"stopped": base}, out, clients=3, cpus_per_client=1)
     continued = completed_results(out / "runs" / "stopped")
@@ -77,8 +74,7 @@ def test_a_campaign_continues_a_stopped_run_to_the_same_result(tmp_path, kept):
             )
     assert continued["rounds"][2]["bytes_cumulative"] == whole["rounds"][2]["bytes_cumulative"]
     finished = Path(continued["_path"]).parent
-    state_file = ["server-state-round3.pt"] if kept != "nothing" else []
-    assert sorted(p.name for p in finished.glob("*.pt")) == ["model.pt", *state_file]
+    assert sorted(p.name for p in finished.glob("*.pt")) == ["model.pt", "server-state-round3.pt"]
     assert continued["checkpoint"]["round"] == 3
     expected = torch.load(Path(whole["_path"]).parent / "model.pt", weights_only=True)
     got = torch.load(finished / "model.pt", weights_only=True)

@@ -63,15 +63,21 @@ def load_server_state(strategy: Strategy, state: dict[str, Any]) -> None:
         raise ValueError(f"server state for {', '.join(unknown)}, which this run's strategy chain lacks")
     for key, own in state.items():
         part = parts[key]
-        if hasattr(part, "load_server_state"):
+        if _own_protocol(part):
             part.load_server_state(to_numpy(own))
             continue
         for name, value in to_numpy(own).items():
             setattr(part, name, value)
 
 
+def _own_protocol(strategy: Strategy) -> bool:
+    """Whether the strategy's class says what it keeps (looked up on the class: a wrapper hands
+    unknown attributes to the strategy it wraps, whose state is its own part of the chain)."""
+    return hasattr(type(strategy), "server_state")
+
+
 def _state_of(strategy: Strategy) -> dict[str, Any]:
-    if hasattr(strategy, "server_state"):
+    if _own_protocol(strategy):
         return strategy.server_state()
     for cls, names in FLOWER_STATE:
         if isinstance(strategy, cls):

@@ -62,7 +62,9 @@ def test_a_strategy_given_its_saved_state_aggregates_round_3_as_the_uninterrupte
     assert any(not np.allclose(restarted[k].numpy(), expected[k].numpy()) for k in expected.keys())
 
 
-def test_a_stateless_strategy_saves_nothing_and_a_foreign_state_is_refused():
+def test_each_state_is_saved_once_a_stateless_strategy_saves_nothing_and_a_foreign_state_is_refused():
+    assert list(server_state(_strategy("feddyn"))) == ["1:FedDyn"]  # not also for the wrapper around it
+    assert list(server_state(_strategy("fedavg+hypernetworks"))) == ["0:HypernetworkFill"]
     assert server_state(_strategy("fedavg")) == {}
     with pytest.raises(ValueError, match="1:FedAdam"):
         load_server_state(_strategy("fedavg"), server_state(_strategy("fedadam")))

@@ -1,13 +1,13 @@
 """What a strategy keeps between rounds, saved beside each round's checkpoint so that a stopped run
 continues as it would have gone on (``resume-from``, resume.py).
 
-The strategy and every strategy it wraps (``inner``) are asked in turn: mefl's own stateful
-strategies (FedDyn's h, HypeMeFed's hypernetworks) say what they keep through
-``server_state()`` / ``load_server_state()``; Flower's built-in ones are read through the
+The strategy and every strategy it wraps (``chain``) are asked in turn: a strategy whose class
+says what it keeps through ``server_state()`` / ``load_server_state()`` (FedDyn's h, HypeMeFed's
+hypernetworks, or a user's strategy) gives it; Flower's built-in ones are read through the
 attributes their source keeps between rounds (``FLOWER_STATE``). The state is a tree of tensors,
 numbers and strings (numpy arrays are stored as tensors), so ``torch.load(weights_only=True)``
-reads it. Adaptive DP clipping's state is not saved (its clipping norm and noise): such a run is
-refused by resume.py, as is a custom strategy's state, which mefl cannot see.
+reads it. Adaptive DP clipping's state is not saved (its clipping norm), so resume.py refuses such
+a run; a custom strategy without those two methods is continued without whatever it keeps.
 """
 
 from __future__ import annotations

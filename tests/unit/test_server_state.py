@@ -37,9 +37,12 @@ def _round(strategy, server_round, arrays):
 
 
 def _strategy(name):
-    settings = RunSettings(strategy=name.removesuffix("+hypernetworks"), min_train_nodes=1, min_available_nodes=1)
-    if name == "fedavgm":
-        settings = RunSettings(strategy=name, min_train_nodes=1, min_available_nodes=1, server_momentum=0.9)
+    settings = RunSettings(
+        strategy=name.removesuffix("+hypernetworks"),
+        min_train_nodes=1,
+        min_available_nodes=1,
+        server_momentum=0.9 if name == "fedavgm" else 0.0,  # FedAvgM keeps no momentum without it
+    )
     strategy = ExitLevelAggregation(build_strategy(settings), {1: ["s"], 2: ["s", "t"]})  # as the app wraps it
     if name.endswith("+hypernetworks"):  # HypeMeFed's fill around the strategy: its networks are state too
         strategy = HypernetworkFill(strategy, [("s", "t")], rank=2, epochs=3, seed=0)

@@ -44,6 +44,11 @@ def why_not_continuable(run_dir: Path, results: dict[str, Any], settings: RunSet
     checkpoint = checkpoint_of(run_dir, results)
     if not checkpoint:
         return f"{run_dir} has no finished round to continue from"
+    missing = [
+        checkpoint[k] for k in ("file", "server_state") if k in checkpoint and not (run_dir / checkpoint[k]).is_file()
+    ]
+    if missing:  # deleted, or a copy of the folder without its git-ignored .pt files
+        return f"{run_dir} names {', '.join(missing)}, which is not there: start over"
     if int(checkpoint["round"]) >= settings.num_server_rounds:
         return f"{run_dir} already has {checkpoint['round']} rounds; num-server-rounds is {settings.num_server_rounds}"
     if settings.dp == "adaptive":

@@ -64,6 +64,10 @@ def test_resume_point_checks_the_stopped_run(tmp_path):
     with pytest.raises(SettingsError, match="no finished round"):
         load_resume_point(tmp_path / "early", RunSettings())
 
+    (tmp_path / "run" / "checkpoint-round2.pt").unlink()  # e.g. a clone: results.json without its .pt
+    with pytest.raises(SettingsError, match="checkpoint-round2.pt, which is not there"):
+        load_resume_point(tmp_path / "run", RunSettings(num_server_rounds=5))
+
 
 def test_continuation_takes_over_finished_rounds_only(tmp_path):
     before = stopped_run(tmp_path / "old", rounds=2, num_rounds=5)
@@ -108,6 +112,10 @@ def test_campaigns_pick_the_attempt_to_continue(tmp_path):
     stopped_run(folder / "20261127-000000-a", rounds=2, num_rounds=5)
     assert campaigns.stopped_attempt(folder, {"num-server-rounds": 5}) == folder / "20261127-000000-a"
     assert campaigns.stopped_attempt(folder, {"num-server-rounds": 2}) is None
+    lost = folder / "20261127-000000-a" / "checkpoint-round2.pt"
+    lost.rename(lost.with_suffix(".away"))  # a checkpoint that is gone: start over, not fail
+    assert campaigns.stopped_attempt(folder, {"num-server-rounds": 5}) is None
+    lost.with_suffix(".away").rename(lost)
     assert campaigns.stopped_attempt(folder, {"num-server-rounds": 5, "strategy": "fedadam"}) is None
     for method in ("depthfl", "hypemefed"):  # FedDyn's h, the hypernetworks: server state a checkpoint lacks
         assert campaigns.stopped_attempt(folder, {"num-server-rounds": 5, "method": method}) is None

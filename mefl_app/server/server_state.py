@@ -76,6 +76,11 @@ def _own_protocol(strategy: Strategy) -> bool:
     return hasattr(type(strategy), "server_state")
 
 
+def class_keeps_state(cls: type[Strategy]) -> bool:
+    """Whether strategies of ``cls`` keep state between rounds that ``server_state`` saves."""
+    return hasattr(cls, "server_state") or issubclass(cls, tuple(c for c, _ in FLOWER_STATE))
+
+
 def _state_of(strategy: Strategy) -> dict[str, Any]:
     if _own_protocol(strategy):
         return strategy.server_state()

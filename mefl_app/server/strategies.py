@@ -34,6 +34,7 @@ from flwr.serverapp.strategy import (
 from ..metrics import TRAIN_LOSS, pooled_metric_record
 from ..settings import RunSettings, SettingsError
 from .feddyn import FedDyn
+from .server_state import class_keeps_state
 
 FLOWER_STRATEGIES: dict[str, type[Strategy]] = {
     "fedavg": FedAvg,
@@ -76,15 +77,18 @@ FLOWER_DEFAULT_IF_ZERO = {"eta", "eta_l"}
 # Strategies whose aggregate is a function of the weighted mean of the replies: exact on partial
 # uploads averaged per array (clients at different exit levels, see exit_levels.py).
 MEAN_BASED = (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad)
-# Strategies that keep state between rounds beside the global model (momentum, Adam moments,
-# FedDyn's h): saved with each checkpoint (server_state.py) for ``resume-from``.
-KEEPS_SERVER_STATE = ("fedavgm", "fedadam", "fedyogi", "fedadagrad", "feddyn")
 
 
 def keeps_server_state(settings: RunSettings) -> bool:
-    """Whether the server holds state between rounds beside the global model: the strategy's,
+    """Whether the server holds state between rounds beside the global model (saved with each
+    checkpoint for ``resume-from``): a built-in strategy's (momentum, Adam moments, FedDyn's h),
     adaptive DP clipping's, or HypeMeFed's hypernetworks."""
-    return settings.strategy in KEEPS_SERVER_STATE or settings.dp == "adaptive" or settings.hypernetwork_rank > 0
+    strategy = BUILTIN_STRATEGIES.get(settings.strategy)
+    return (
+        (strategy is not None and class_keeps_state(strategy))
+        or settings.dp == "adaptive"
+        or settings.hypernetwork_rank > 0
+    )
 
 
 def resolve_strategy_class(name: str) -> type[Strategy]:

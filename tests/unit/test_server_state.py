@@ -16,7 +16,7 @@ from mefl_app.server.hypernetwork import HypernetworkFill
 from mefl_app.server.resume import load_resume_point
 from mefl_app.server.run_folder import RunRecorder
 from mefl_app.server.server_state import load_server_state, server_state
-from mefl_app.server.strategies import build_strategy
+from mefl_app.server.strategies import build_strategy, keeps_server_state
 from mefl_app.settings import RunSettings, SettingsError
 from mefl_app.task import build_model
 
@@ -71,6 +71,14 @@ def test_each_state_is_saved_once_a_stateless_strategy_saves_nothing_and_a_forei
     assert server_state(_strategy("fedavg")) == {}
     with pytest.raises(ValueError, match="1:FedAdam"):
         load_server_state(_strategy("fedavg"), server_state(_strategy("fedadam")))
+
+
+@pytest.mark.parametrize("name", ["fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "feddyn"])
+def test_resume_knows_from_the_settings_alone_which_strategies_save_state(name):
+    """``keeps_server_state`` (asked before any strategy exists) agrees with what is saved."""
+    strategy = _strategy(name)
+    _round(strategy, 2, _round(strategy, 1, START))
+    assert bool(server_state(strategy)) == keeps_server_state(RunSettings(strategy=name))
 
 
 def test_the_checkpoint_carries_the_server_state_to_the_continuation(tmp_path):

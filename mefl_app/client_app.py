@@ -140,7 +140,7 @@ def train(msg: Message, context: Context) -> Message:
     train_loss = 0.0
     if trains:
         config = msg.content["config"]
-        feddyn = _feddyn_state(local, config, context)
+        feddyn = _feddyn_state(local, config, context, server_round)
         try:
             train_loss = train_local(
                 model,
@@ -245,7 +245,7 @@ def _train_reply(local: LocalSetup, trains: bool, train_loss: float, train_secon
     return arrays, record
 
 
-def _feddyn_state(local: LocalSetup, config: ConfigRecord, context: Context) -> FedDynState | None:
+def _feddyn_state(local: LocalSetup, config: ConfigRecord, context: Context, server_round: int) -> FedDynState | None:
     """This node's FedDyn state when the strategy is FedDyn: from its ``Context.state``, else (a
     fresh process, a continued run) from ``client-state-dir``, else zeros (its first round)."""
     alpha = float(config.get(ALPHA_KEY, 0.0))
@@ -254,7 +254,7 @@ def _feddyn_state(local: LocalSetup, config: ConfigRecord, context: Context) -> 
     if FEDDYN_STATE in context.state:
         stored = context.state[FEDDYN_STATE].to_torch_state_dict()
     elif local.settings.client_state_dir and RUNS_KEY in config:
-        runs, server_round = list(config[RUNS_KEY]), int(config["server-round"])
+        runs = list(config[RUNS_KEY])
         stored = load_client_state(local.settings.client_state_dir, runs, local.shard.partition_id, server_round) or {}
     else:
         stored = {}

@@ -1,21 +1,13 @@
 """Every built-in strategy, a user strategy and DP run 2 rounds end-to-end in the real
-simulation engine. The runs share one Ray cluster (started once) instead of one Ray start each."""
+simulation engine (conftest.py's SuperLink, on the session's Ray cluster)."""
 
 import pytest
 from helpers import SHORT_RUN, completed_run, write_idx_fashion_mnist
 
-from mefl.runtime.simulation import RayCluster, SimulationSuperLink
 from mefl_app.server.strategies import BUILTIN_STRATEGIES
 
 pytestmark = pytest.mark.e2e
 CLIENTS = 4
-
-
-@pytest.fixture(scope="module")
-def superlink(tmp_path_factory):
-    with RayCluster(tmp_path_factory.mktemp("ray"), num_cpus=2) as cluster:
-        with SimulationSuperLink(tmp_path_factory.mktemp("flwr-home"), ray_address=cluster.address) as link:
-            yield link
 
 
 @pytest.fixture(scope="module")

@@ -48,10 +48,18 @@ class LowRankHypernetwork(nn.Module):
         self.map_b = nn.Sequential(nn.Linear(cols, hidden), nn.ReLU(), nn.Linear(hidden, target[0] * kernel))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():  # the factors are the input, not something to learn through
-            u, s, vh = torch.linalg.svd(weight.reshape(self.source[0] * self.kernel, -1), full_matrices=False)
-            root = s[: self.rank].sqrt()
-            a, b = (u[:, : self.rank] * root).T, root[:, None] * vh[: self.rank]
+        return self.generate(*self.factors(weight))
+
+    @torch.no_grad()  # the factors are the input, not something to learn through
+    def factors(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A and B of the rank-r SVD of ``weight`` (fixed while the network trains: computed once
+        per weight, not once per step)."""
+        u, s, vh = torch.linalg.svd(weight.reshape(self.source[0] * self.kernel, -1), full_matrices=False)
+        root = s[: self.rank].sqrt()
+        return (u[:, : self.rank] * root).T, root[:, None] * vh[: self.rank]
+
+    def generate(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """The deeper weight from the shallower one's factors."""
         return (self.map_b(b).T @ self.map_a(a)).reshape(self.target)
 
 
@@ -124,10 +132,11 @@ class HypernetworkFill(WrappingStrategy):
                 torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
                 self.networks[pair] = LowRankHypernetwork(sources[0].shape, targets[0].shape, self.rank)
         network = self.networks[pair]
+        factors = [network.factors(source) for source in sources]
         optimizer = torch.optim.Adam(network.parameters(), lr=self.learning_rate)  # anew each round, as HypeMeFed
         for _ in range(self.epochs):
             for j in torch.randperm(len(examples), generator=generator).tolist():
-                loss = nn.functional.mse_loss(network(sources[j]), targets[j])
+                loss = nn.functional.mse_loss(network.generate(*factors[j]), targets[j])
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

@@ -14,6 +14,8 @@ import json
 import os
 import platform
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -119,10 +121,9 @@ def run_configs(
     work = out / ".work"
     folder = None  # the run in progress
     try:
-        # One Ray cluster for the whole campaign: started once, not once per run.
         with (
-            RayCluster(work / "ray", num_cpus=os.cpu_count() or 1) as cluster,
-            SimulationSuperLink(work / "flwr-home", ray_address=cluster.address) as link,
+            campaign_ray_cluster(work, log) as address,
+            SimulationSuperLink(work / "flwr-home", ray_address=address) as link,
         ):
             failed = []
             for name, config in todo.items():
@@ -134,6 +135,20 @@ def run_configs(
         if folder is not None:
             record_abandoned(folder)
         raise
+
+
+@contextmanager
+def campaign_ray_cluster(work: Path, log=print) -> Iterator[str]:
+    """The address of the Ray cluster every run of a campaign attaches to: the one ``RAY_ADDRESS``
+    names (a multi-node cluster, docs/performance.md; left running), else a private cluster on this
+    machine, started once for the campaign rather than once per run and stopped with it."""
+    address = os.environ.get("RAY_ADDRESS", "")
+    if address:
+        log(f"[mefl] the runs attach to the Ray cluster at RAY_ADDRESS={address}")
+        yield address
+        return
+    with RayCluster(work / "ray", num_cpus=os.cpu_count() or 1) as cluster:
+        yield cluster.address
 
 
 def _run_one(link, name, config, folder, clients, cpus_per_client, gpus_per_client, log) -> bool:

@@ -18,6 +18,13 @@ def ray_cluster(tmp_path_factory):
         yield cluster
 
 
+@pytest.fixture
+def campaigns_on_the_session_cluster(monkeypatch, ray_cluster):
+    """Campaign commands in the test attach to the session's Ray cluster (``RAY_ADDRESS``) instead
+    of starting their own; test_resume_runs.py's killed campaign still starts and stops its own."""
+    monkeypatch.setenv("RAY_ADDRESS", ray_cluster.address)
+
+
 @pytest.fixture(scope="module")
 def superlink(tmp_path_factory, ray_cluster):
     """A private ``flower-superlink --simulation`` for the module's runs, on the session's Ray cluster."""

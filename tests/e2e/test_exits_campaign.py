@@ -6,7 +6,7 @@ from helpers import write_idx_fashion_mnist
 from mefl import cli, exits
 from mefl.campaigns import completed_results
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("campaigns_on_the_session_cluster")]
 
 
 def test_exit_comparison_runs_three_configurations_and_reports(tmp_path):

@@ -53,6 +53,7 @@ def _config(data_dir, tmp_path, **extra) -> dict:
     return {"data-dir": data_dir, "output-dir": tmp_path / "out", "local-epochs": 1, "min-partition-size": 10, **extra}
 
 
+@pytest.mark.usefixtures("campaigns_on_the_session_cluster")
 def test_a_diverging_run_fails_and_the_campaign_command_says_so(tmp_path, small_fmnist, capsys):
     """A learning rate far too large: the clients' losses turn NaN; the run must not complete."""
     out = tmp_path / "campaign"

@@ -7,7 +7,7 @@ from helpers import write_idx_fashion_mnist
 from mefl import cli
 from mefl.campaigns import completed_results
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("campaigns_on_the_session_cluster")]
 
 
 def test_the_methods_campaign_runs_the_reference_and_each_method_and_reports(tmp_path):

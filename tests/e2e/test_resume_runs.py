@@ -33,6 +33,7 @@ KEPT_STATE = {
 }
 
 
+@pytest.mark.usefixtures("campaigns_on_the_session_cluster")
 def test_a_campaign_continues_a_stopped_run_to_the_same_result(tmp_path):
     """Simulation engine: a run stopped after round 2 of 3 and continued by a campaign ends
     where an uninterrupted run ends, with what the strategy and the clients keep between rounds."""

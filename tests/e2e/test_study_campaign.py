@@ -8,7 +8,7 @@ from mefl import cli
 from mefl.campaigns import completed_results
 from mefl.compare import write_comparison
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("campaigns_on_the_session_cluster")]
 
 
 def test_campaign_runs_both_variants_and_reports_from_results_files(tmp_path):

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from mefl.campaigns import campaign_ray_cluster
 from mefl.cli import build_parser, main
 
 
@@ -75,3 +76,11 @@ def test_the_shard_command_refuses_nonsense_in_one_line_and_leaves_nothing_behin
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "acc_data.mat not found" in err and "Traceback" not in err
     assert not out.exists() and not list(tmp_path.glob("shards*"))
+
+
+def test_a_campaign_attaches_to_the_ray_cluster_ray_address_names_and_starts_none(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    said = []
+    with campaign_ray_cluster(tmp_path / "work", said.append) as address:
+        assert address == "10.0.0.1:6379"
+    assert not (tmp_path / "work").exists() and "RAY_ADDRESS=10.0.0.1:6379" in said[0]

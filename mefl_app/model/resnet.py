@@ -1,5 +1,10 @@
 """Multi-exit ResNet for images, built from torchvision's ``BasicBlock``.
 
+The block is torchvision's (``torchvision/models/resnet.py``), restated here rather than imported:
+importing torchvision takes about 2 s per process (its ``ops`` import ``torch._dynamo``), and a
+deployment starts a fresh ClientApp process for every message. Same names, so the same
+``state_dict`` keys; a unit test checks that both compute the same.
+
 The model returns the list of exit logits, shallowest first, and can stop at any exit
 (``forward(x, up_to_exit=k)``) without computing a single layer past it: that is what lets a
 weak device run only the front of the network.
@@ -7,17 +12,55 @@ weak device run only the front of the network.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
-from torchvision.models.resnet import BasicBlock, conv1x1, conv3x3
 
 from ..settings import NORMS
 from .exits import check_exit, check_exit_positions
 
 
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    """3x3 convolution with padding, no bias (torchvision's ``conv3x3``)."""
+    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    """1x1 convolution, no bias (torchvision's ``conv1x1``): the shortcut's projection."""
+    return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with a residual shortcut (He et al., CVPR 2016): torchvision's
+    ``BasicBlock`` without its unused ``groups`` / ``base_width`` / ``dilation`` options."""
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
+    ) -> None:
+        super().__init__()
+        self.conv1 = conv3x3(inplanes, planes, stride)
+        self.bn1 = norm_layer(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = norm_layer(planes)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += identity
+        return self.relu(out)
+
+
 def make_norm_layer(norm: str, group_channels: int = 8):
-    """Return a ``norm_layer(num_channels)`` factory for torchvision's ``BasicBlock``.
+    """Return a ``norm_layer(num_channels)`` factory for ``BasicBlock``.
 
     ``"group"`` (GroupNorm with ``group_channels`` channels per group) keeps no running
     statistics, so averaging weights across label-skewed clients cannot leave the global model

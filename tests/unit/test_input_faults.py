@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import synthetic_task, write_idx_fashion_mnist, write_unimib_shar
+from torchvision.datasets import FashionMNIST
 
 from mefl_app.data import fashion_mnist
 from mefl_app.data.fashion_mnist import load_fashion_mnist
@@ -21,7 +22,7 @@ from mefl_app.settings import RunSettings
 def no_debian_files(monkeypatch, tmp_path):
     """Only the files a test writes: neither Debian's package nor a download may stand in."""
     monkeypatch.setattr(fashion_mnist, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "no-debian")
-    monkeypatch.setattr(fashion_mnist.FashionMNIST, "mirrors", ["http://127.0.0.1:9/"])
+    monkeypatch.setattr(FashionMNIST, "mirrors", ["http://127.0.0.1:9/"])
     load_fashion_mnist.cache_clear()
     load_shard.cache_clear()
 

@@ -1,8 +1,11 @@
 """The house rules: the app bundle holds only the app, no package imports in a cycle, the app never
-imports the tools, and the ServerApp refuses a per-run environment with another torch."""
+imports the tools nor, when it starts, torchvision, and the ServerApp refuses a per-run
+environment with another torch."""
 
 import ast
 import io
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -77,6 +80,14 @@ def test_the_app_never_imports_the_tools():
     for name, path in found.items():
         if name.startswith("mefl_app") and name not in ALIASES:
             assert not {m for m in imports_of(name, path, set(found)) if m.split(".")[0] == "mefl"}, name
+
+
+def test_starting_the_apps_does_not_import_torchvision():
+    """torchvision costs about 2 s per process, and a deployment starts a ClientApp process for
+    every message: it is imported only to download Fashion-MNIST."""
+    check = "import sys, mefl_app.server_app, mefl_app.client_app; print([m for m in sys.modules if 'vision' in m])"
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=REPO, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 def test_the_app_bundle_holds_the_app_and_nothing_else():

@@ -95,3 +95,35 @@ def test_channels_last_changes_the_layout_not_the_model():
             torch.testing.assert_close(za, zb, rtol=1e-4, atol=1e-5)
     nchw.load_state_dict(ArrayRecord(a).to_torch_state_dict())
     assert all(torch.equal(v, a[k]) for k, v in nchw.state_dict().items())
+
+
+@pytest.mark.parametrize("norm", ["group", "batch"])
+@pytest.mark.parametrize(("inplanes", "planes", "stride"), [(16, 16, 1), (16, 32, 2)])
+def test_basic_block_computes_what_torchvisions_does(norm, inplanes, planes, stride):
+    from torchvision.models import resnet as torchvision_resnet
+
+    from mefl_app.model import resnet
+
+    def block(module):
+        norm_layer = resnet.make_norm_layer(norm)
+        downsample = None
+        if stride != 1 or inplanes != planes:
+            downsample = torch.nn.Sequential(module.conv1x1(inplanes, planes, stride), norm_layer(planes))
+        return module.BasicBlock(inplanes, planes, stride, downsample, norm_layer=norm_layer)
+
+    torch.manual_seed(0)
+    ours, theirs = block(resnet), block(torchvision_resnet)
+    for norm_module in (m for m in theirs.modules() if isinstance(m, torch.nn.GroupNorm | torch.nn.BatchNorm2d)):
+        torch.nn.init.normal_(norm_module.weight), torch.nn.init.normal_(norm_module.bias)
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(4, inplanes, 14, 14)
+    ours.eval(), theirs.eval()
+    assert torch.equal(ours(x), theirs(x))
+    ours.train(), theirs.train()
+    grads = []
+    for model in (ours, theirs):
+        x_ = x.clone().requires_grad_()
+        model(x_).square().sum().backward()
+        grads.append([x_.grad] + [p.grad for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))

@@ -3,7 +3,20 @@
 import signal
 
 import pytest
+import torch
 from helpers import synthetic_task
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """The tests' models and batches are tiny: with torch's default of a thread per core, OpenMP's
+    threads wait on each other for every small op, and a busy machine (a campaign beside the
+    suite) turns that into seconds a step. One thread, as the app's own clients use
+    (``torch-threads = 1``); the run processes of the end-to-end tests set their own."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True, scope="session")

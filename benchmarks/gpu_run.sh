@@ -6,33 +6,37 @@
 #   benchmarks/gpu_run.sh measure OUT [ROUNDS]   # on the GPU machine, with .gpu carried along
 #
 # The study itself on the GPU machine (the real app through Flower's simulation engine, real
-# Fashion-MNIST), in two calls on the same warm machine because the files travel 64 MiB a call:
+# Fashion-MNIST). A call carries at most 64 MiB, the checkout included (results/ grows with every
+# committed run), so the files travel in parts, one call each, on the same warm machine:
 #   benchmarks/gpu_run.sh prepare-study      # here: .gpu/site.tar.xz (Flower + Ray for CPython 3.12,
 #                                            # Ray without its Java jars and dashboard UI) and
-#                                            # .gpu/fmnist-xz (the real images, xz-compressed)
-#   benchmarks/gpu_run.sh stage-data         # call 1, carrying .gpu/fmnist-xz: unpacks into .gpu/data
+#                                            # .gpu/fmnist-xz (the real images, xz-compressed), cut
+#                                            # into .gpu/carry/part-KK-of-NN, each fitting a call
+#                                            # beside the checkout; it prints the calls to make
+#   (calls 1 .. N-1: carry one part each, command `ls .gpu/carry`; the machine keeps them)
 #   benchmarks/gpu_run.sh study OUT SECONDS VARIANT SEED GPUS_PER_CLIENT
-#                                            # call 2, carrying .gpu/site.tar.xz: one run of
+#                                            # call N, carrying the last part: joins the parts into
+#                                            # .gpu/site.tar.xz and .gpu/data, then one run of
 #                                            # `python -m mefl_app.experiments run` on the GPU for at
 #                                            # most SECONDS; a stopped run can be continued anywhere
 #                                            # (DEVICE=cpu with GPUS_PER_CLIENT 0: the same on CPUs)
 #                                            # RUN_CONFIG="cohort-size=-1": further run-config
 #                                            # overrides, here cohorts sized from the GPU's memory
-#   benchmarks/gpu_run.sh step OUT           # a later call on the warm machine, carrying .gpu/site.tar.xz:
+#   benchmarks/gpu_run.sh step OUT           # a later call on the warm machine, carrying nothing:
 #                                            # benchmarks/cohort_step.py on the GPU (one client's
 #                                            # training step against a cohort's, eager and as a CUDA graph)
 #                                            # (STEP_SIZES="8 24 96": the cohort sizes)
 #
 # Rehearsal on a CPU machine whose Python is not 3.12: GPU_PYTHON=3.11 builds the same files for
-# that Python; then stage-data, and study with DEVICE=cpu, run here as they would run there.
+# that Python; then study with DEVICE=cpu runs here as it would run there.
 #
 # Why this shape: the GPU machine lent to sessions has PyTorch but neither Flower nor Ray, no
-# internet, and receives at most 64 MiB of files a call, the checkout (34 MiB) included. `measure`
+# internet, and receives at most 64 MiB of files a call, the checkout included. `measure`
 # carries Flower's wheels (27 MB for Python 3.12) and runs a local deployment (SuperLink +
 # SuperNodes, no Ray: Ray's wheel alone is 74 MB), on the real labels with random pixels
 # (benchmarks/synthetic_fmnist.py: the same shards and work, meaningless accuracies). `study`
-# carries Ray too, stripped and xz-compressed with Flower into 29 MB, and the real images in a
-# call of their own, so that the run is the app's real one: simulation engine, real data.
+# carries Ray too, stripped and xz-compressed with Flower into 29 MB, and the real images, in parts,
+# so that the run is the app's real one: simulation engine, real data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GPU_DIR=.gpu
@@ -91,11 +95,35 @@ prepare_study() {
     for f in /usr/share/datasets/fashion-mnist/*-idx?-ubyte.gz; do
         zcat "$f" | xz -9 -T0 > "$GPU_DIR/fmnist-xz/$(basename "$f" .gz).xz"; done
     du -sh "$GPU_DIR/site.tar.xz" "$GPU_DIR/fmnist-xz"
-    local checkout archive
-    checkout=$(git ls-files -z | du -cb --files0-from=- | tail -1 | cut -f1)
-    archive=$(stat -c %s "$GPU_DIR/site.tar.xz")
-    echo "the study call carries $(( (checkout + archive) >> 20 )) MiB (checkout and site.tar.xz) of its 64"
-    (( checkout + archive < 64 << 20 )) || echo "warning: over a call's 64 MiB: split site.tar.xz over two calls" >&2
+    cut_into_parts
+}
+
+cut_into_parts() {  # .gpu/carry/part-KK-of-NN: site.tar.xz and fmnist-xz in pieces that each fit one call
+    local checkout budget count
+    # What a call copies besides what it carries: tracked files and untracked ones git does not ignore.
+    checkout=$( { git ls-files -z; git ls-files -z --others --exclude-standard; } | du -cb --files0-from=- | tail -1 | cut -f1)
+    budget=$(( (62 << 20) - checkout ))  # 2 MiB to spare
+    (( budget >= 4 << 20 )) || { echo "the checkout ($(( checkout >> 20 )) MiB) leaves no room in a call's 64 MiB" >&2; exit 1; }
+    rm -rf "$GPU_DIR/carry" && mkdir -p "$GPU_DIR/carry"
+    tar cf - -C "$GPU_DIR" site.tar.xz fmnist-xz | split -b "$budget" -d -a 2 - "$GPU_DIR/carry/part-"
+    count=$(find "$GPU_DIR/carry" -name 'part-*' | wc -l)
+    for f in "$GPU_DIR"/carry/part-*; do mv "$f" "$f-of-$(printf %02d "$count")"; done
+    echo "the checkout takes $(( checkout >> 20 )) MiB of a call's 64: $count calls, each carrying one of"
+    ls -la "$GPU_DIR/carry"
+    echo "the last of them runs \`benchmarks/gpu_run.sh study ...\`, the others \`ls .gpu/carry\`"
+}
+
+join_parts() {  # on the GPU machine, once every part has arrived: .gpu/site.tar.xz and .gpu/data
+    [ -f "$GPU_DIR/site.tar.xz" ] && [ -d "$GPU_DIR/data/FashionMNIST/raw" ] && return
+    local parts expected
+    parts=$(find "$GPU_DIR/carry" -name 'part-*-of-*' 2> /dev/null | sort)
+    [ -n "$parts" ] || { echo "no .gpu/carry/part-*: carry them first (prepare-study says how)" >&2; exit 1; }
+    expected=${parts##*-of-}
+    if (( $(wc -l <<< "$parts") != 10#$expected )); then
+        echo "only $(wc -l <<< "$parts") of $expected parts are here:" $parts >&2; exit 1
+    fi
+    cat $parts | tar xf - -C "$GPU_DIR"
+    stage_data
 }
 
 stage_data() {  # where torchvision's FashionMNIST(root) looks first: root/FashionMNIST/raw
@@ -124,7 +152,7 @@ site_venv() {  # /tmp/venv: the image's Python and packages, with Flower and Ray
 
 study() {
     local out=$1 seconds=$2 variant=$3 seed=$4 gpus=$5
-    [ -d "$GPU_DIR/data/FashionMNIST/raw" ] || { echo "no $GPU_DIR/data: run stage-data first, on this warm machine" >&2; exit 1; }
+    join_parts
     site_venv
     { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true; nproc
       /tmp/venv/bin/python -c "import torch, flwr, ray; print('torch', torch.__version__, 'flwr', flwr.__version__, 'ray', ray.__version__)"
@@ -143,6 +171,7 @@ study() {
 
 step() {
     local out=$1
+    join_parts
     site_venv
     timeout 420 /tmp/venv/bin/python benchmarks/cohort_step.py --device "${DEVICE:-cuda}" --sizes ${STEP_SIZES:-8 24 96} \
         --modes eager reduce-overhead --repeats 5 --json "$out/cohort_step_gpu.json" 2>&1 | tee "$out/cohort_step.log"

@@ -31,6 +31,7 @@ IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "t10k": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+IDX_NAMES = tuple(name for names in IDX_FILES.values() for name in names)
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
 
@@ -57,7 +58,7 @@ def load_fashion_mnist(data_dir: str | Path) -> TaskData:
 
 
 def _complete(raw: Path) -> bool:
-    return all((raw / name).is_file() for names in IDX_FILES.values() for name in names)
+    return all((raw / name).is_file() for name in IDX_NAMES)
 
 
 def _download(root: Path, raw: Path) -> None:
@@ -83,10 +84,9 @@ IDX_MAGIC = {"images": (2051, 3), "labels": (2049, 1)}
 def _check_idx_files(raw: Path) -> None:
     """The IDX files present hold what their headers say (a truncated or foreign file is named
     as corrupt here, not reported as missing by torchvision)."""
-    for names in IDX_FILES.values():
-        for name in names:
-            if (raw / name).is_file():
-                _idx_shape(raw / name)
+    for name in IDX_NAMES:
+        if (raw / name).is_file():
+            _idx_shape(raw / name)
 
 
 def _idx_shape(path: Path) -> tuple[int, ...]:
@@ -129,7 +129,7 @@ def _stage_debian_fashion_mnist(raw: Path) -> None:
     Debian re-compressed the files, so the .gz checksums torchvision knows do not apply;
     ``_check_idx_files`` checks the content (magic numbers, sizes).
     """
-    for name in (name for names in IDX_FILES.values() for name in names):
+    for name in IDX_NAMES:
         source, target = DEBIAN_FASHION_MNIST_DIR / f"{name}.gz", raw / name
         if source.is_file() and not target.exists():
             raw.mkdir(parents=True, exist_ok=True)

@@ -50,9 +50,7 @@ def test_no_files_and_no_download_fails_with_both_remedies(tmp_path, monkeypatch
 
 def test_file_names_and_classes_are_torchvisions():
     assert fashion_mnist.RAW_FOLDER.parts == ("FashionMNIST", "raw")  # FashionMNIST(root).raw_folder
-    assert [f"{name}.gz" for names in fashion_mnist.IDX_FILES.values() for name in names] == [
-        name for name, _ in FashionMNIST.resources
-    ]
+    assert [f"{name}.gz" for name in fashion_mnist.IDX_NAMES] == [name for name, _ in FashionMNIST.resources]
     assert fashion_mnist.CLASSES == tuple(FashionMNIST.classes)
 
 

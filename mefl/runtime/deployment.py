@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .. import APP_DIR
+from .app_bundle import bundle_folder
 from .certificates import NodeKeys, ServerCertificates, make_node_keys, make_server_certificates
 from .processes import (
     BIN,
@@ -332,9 +333,14 @@ class LocalDeployment:
 
     def run(self, run_config: dict[str, Any] | str = "", timeout: float = 3600) -> RunOutcome:
         """``flwr run <app-dir> <connection> --stream --run-config ...``; waits for the end."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with bundle_folder(self.app_dir, parent=self.workdir) as app:
+            return self._run(app, run_config, timeout)
+
+    def _run(self, app: Path, run_config: dict[str, Any] | str, timeout: float) -> RunOutcome:
         started = time.monotonic()
         config = run_config_arg(run_config)
-        args = [flwr_bin("flwr"), "run", str(self.app_dir), CONNECTION, "--stream"]
+        args = [flwr_bin("flwr"), "run", str(app), CONNECTION, "--stream"]
         if config:
             args += ["--run-config", config]
         self.logs.mkdir(parents=True, exist_ok=True)

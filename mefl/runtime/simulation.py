@@ -15,6 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from .app_bundle import bundle_folder
 from .processes import BIN, ManagedProcess, free_port, run_config_arg, start_logged, stop_processes
 
 
@@ -73,23 +74,24 @@ class SimulationSuperLink:
         federation = (
             f"num-supernodes={num_supernodes} client-resources-num-cpus={num_cpus} client-resources-num-gpus={num_gpus}"
         )
-        return subprocess.run(
-            [
-                str(BIN / "flwr"),
-                "run",
-                str(app_dir),
-                "test",
-                "--stream",
-                "--run-config",
-                run_config_arg(run_config),
-                "--federation-config",
-                federation,
-            ],
-            env=self.env,
-            text=True,
-            timeout=timeout,
-            **({"stdout": stdout, "stderr": subprocess.STDOUT} if stdout is not None else {"capture_output": True}),
-        )
+        with bundle_folder(app_dir, parent=self.home) as app:
+            return subprocess.run(
+                [
+                    str(BIN / "flwr"),
+                    "run",
+                    str(app),
+                    "test",
+                    "--stream",
+                    "--run-config",
+                    run_config_arg(run_config),
+                    "--federation-config",
+                    federation,
+                ],
+                env=self.env,
+                text=True,
+                timeout=timeout,
+                **({"stdout": stdout, "stderr": subprocess.STDOUT} if stdout is not None else {"capture_output": True}),
+            )
 
     def __exit__(self, *exc) -> None:
         """Stop the SuperLink and everything it started."""

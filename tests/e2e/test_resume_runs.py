@@ -12,6 +12,7 @@ import torch
 from helpers import REPO, only_results, relative_distance, write_idx_fashion_mnist
 
 from mefl.campaigns import completed_results, run_configs
+from mefl.runtime.app_bundle import bundle_folder
 from mefl.runtime.processes import BIN, descendants, process_alive, run_config_arg
 from mefl_app.server.run_folder import RESULTS_FILE
 
@@ -143,10 +144,10 @@ def test_flwr_stop_records_the_run_as_interrupted_and_resumable(superlink, small
     out = tmp_path / "out"
     config = {"data-dir": small_fmnist, "output-dir": out, "local-epochs": 1, "min-partition-size": 10}
     config["num-server-rounds"] = 30
-    command = [str(BIN / "flwr"), "run", str(REPO), "test", "--format", "json", "--run-config", run_config_arg(config)]
-    started = subprocess.run(
-        [*command, "--federation-config", "num-supernodes=3"], env=superlink.env, capture_output=True, text=True
-    )
+    with bundle_folder(REPO) as app:
+        command = [str(BIN / "flwr"), "run", str(app), "test", "--format", "json"]
+        command += ["--run-config", run_config_arg(config), "--federation-config", "num-supernodes=3"]
+        started = subprocess.run(command, env=superlink.env, capture_output=True, text=True)
     run_id = json.loads(started.stdout)["run-id"]
     deadline = time.monotonic() + 300
     while not any(json.loads(p.read_text()).get("checkpoint") for p in out.glob("*/results.json")):

@@ -76,9 +76,9 @@ if wants tuning; then
     mefl compare results/tuning/fmnist/no-distill results/tuning/fmnist/distill-0.5 \
         results/tuning/fmnist/no-distill-exit-weights-0.5-0.5-1 results/tuning/fmnist/single-exit \
         --out results/tuning/fmnist/comparison.md
-    # DepthFL on Fashion-MNIST, 20 rounds, a third of the clients at each exit level: mefl's SGD
-    # and DepthFL's own (lr 0.1, no momentum, weight decay 1e-3).
-    for name in depthfl depthfl-own-sgd; do
+    # DepthFL on Fashion-MNIST, 20 rounds, a third of the clients at each exit level: mefl's SGD,
+    # DepthFL's own (lr 0.1, no momentum, weight decay 1e-3), and its loss aggregated by FedAvg.
+    for name in depthfl depthfl-own-sgd depthfl-fedavg; do
         mefl study --task fmnist --variants me --seeds 0 --out "results/tuning/fmnist/$name" \
             --run-config "conf/tuning/fmnist/$name.toml"
     done

@@ -35,7 +35,7 @@ def candidate_files(app_dir: Path) -> dict[str, Path]:
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
         dropped = DROPPED_ANYWHERE | (DROPPED_AT_TOP if here == root else set())
-        dirnames[:] = [d for d in dirnames if d not in dropped and not (here / d).is_symlink()]
+        dirnames[:] = [d for d in dirnames if d not in dropped]  # os.walk never enters a symlinked folder
         for name in filenames:
             path = here / name
             if not path.is_symlink():

@@ -11,7 +11,9 @@ ids in thirds, ``exit-profile``), all on the same shards and initial model (``se
 
 from __future__ import annotations
 
+import json
 import math
+import shlex
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,10 +51,10 @@ def configs_for(task: str, seeds: Sequence[int], methods: Sequence[str], clients
     configs = {}
     for seed in seeds:
         base = {**common, "task": task, "seed": seed, "partition-seed": seed}
-        configs[f"{REFERENCE}-seed{seed}"] = {**base, **own["study"], "method": "study", "exit-profile": ""}
+        configs[run_name(REFERENCE, seed)] = {**base, **own["study"], "method": "study", "exit-profile": ""}
         for name in methods:
             method, extra = ABLATIONS.get(name, (name, {}))
-            configs[f"{name}-seed{seed}"] = {
+            configs[run_name(name, seed)] = {
                 **base,
                 **own[method],
                 **extra,
@@ -60,6 +62,62 @@ def configs_for(task: str, seeds: Sequence[int], methods: Sequence[str], clients
                 "exit-profile": profile(clients, 3),
             }
     return configs
+
+
+def run_name(configuration: str, seed: int) -> str:
+    """The folder under ``runs/`` of one configuration at one seed."""
+    return f"{configuration}-seed{seed}"
+
+
+def runs_asked_for(out: Path) -> list[str]:
+    """Every run that the campaign's recorded commands (``campaign.json``) ask for, in their order."""
+    from .cli import build_parser  # the command line's own parser reads the recorded commands
+
+    path = out / "campaign.json"
+    names: dict[str, None] = {}
+    for invocation in json.loads(path.read_text()) if path.exists() else []:
+        args = build_parser().parse_args(shlex.split(invocation["command"])[1:])
+        for seed in args.seeds:
+            for name in (REFERENCE, *args.methods):
+                names[run_name(name, seed)] = None
+    return list(names)
+
+
+def progress_line(runs: dict[str, dict[int, dict]], asked: list[str]) -> list[str]:
+    """Whether the campaign is complete, first thing in the report: partial tables look final."""
+    if not asked:
+        return []
+    done = {run_name(name, seed) for name, seeds in runs.items() for seed in seeds}
+    missing = [name for name in asked if name not in done]
+    if not missing:
+        return [f"**Complete**: all {len(asked)} runs that the campaign's commands (`campaign.json`) ask for.", ""]
+    return [
+        f"**In progress: {len(asked) - len(missing)} of {len(asked)} runs complete**; not yet: {', '.join(missing)}."
+        " The tables below are not yet the campaign's result.",
+        "",
+    ]
+
+
+def per_seed_section(runs: dict[str, dict[int, dict]], order: list[str], exits: list[str]) -> list[str]:
+    """Central accuracy seed by seed: a seed gives every configuration the same shards and initial
+    model, so a swing shared by all configurations shows here and not in a mean ± std."""
+    seeds = sorted({seed for name in order for seed in runs[name]})
+
+    def cell(name: str, seed: int) -> str:
+        if seed not in runs[name]:
+            return "—"
+        return " / ".join(f"{100 * mean_accuracy(runs[name][seed], 'central', e, LAST_ROUNDS):.1f}" for e in exits)
+
+    return [
+        f"## {KIND_TITLES['central']}, seed by seed",
+        "",
+        f"Mean of the last {LAST_ROUNDS} rounds, {' / '.join(exits)} in %.",
+        "",
+        "| method | " + " | ".join(f"seed {seed}" for seed in seeds) + " |",
+        "|---|" + "---|" * len(seeds),
+        *(f"| {name} | " + " | ".join(cell(name, seed) for seed in seeds) + " |" for name in order),
+        "",
+    ]
 
 
 def ensemble(results: dict[str, Any], kind: str, last: int = 1) -> float | None:
@@ -179,6 +237,7 @@ def write_report(out: Path) -> Path:
     order = [REFERENCE] + sorted(name for name in runs if name != REFERENCE)
     order = [name for name in order if name in runs]
     lines = [f"# Multi-exit FL methods with clients at different exit levels: {task}", ""]
+    lines += progress_line(runs, runs_asked_for(out))
     lines += tuning_note(first["run_config"])
     seeds = ", ".join(f"{n} {sorted(runs[n])}" for n in order)
     mixed = profile(len(first["partitions"]), 3)
@@ -212,6 +271,7 @@ def write_report(out: Path) -> Path:
             ]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += per_seed_section(runs, order, exits)
     lines += [
         "## Cost",
         "",

@@ -316,3 +316,37 @@ def test_the_goals_section_says_which_goal_is_met_in_numbers():
     runs["depthfl"][0] = _fake_run([0.75, 0.74], 65.0)
     runs["depthfl"][1] = _fake_run([0.78, 0.76], 65.0)
     assert "**not met**. depthfl uses 65 % of the compute" in "\n".join(goals_section(runs, ["e1", "e2"]))
+
+
+def test_the_report_says_first_which_runs_the_recorded_commands_still_lack(tmp_path):
+    import json
+
+    from mefl.methods import progress_line, runs_asked_for
+
+    commands = [
+        "mefl methods --task har --seeds 0 1 --methods study --out x",
+        "mefl methods --task har --seeds 0 --methods study depthfl-no-kd --out x",  # adds one run
+    ]
+    (tmp_path / "campaign.json").write_text(json.dumps([{"command": c} for c in commands]))
+    asked = runs_asked_for(tmp_path)
+    assert asked == ["all-deep-seed0", "study-seed0", "all-deep-seed1", "study-seed1", "depthfl-no-kd-seed0"]
+    runs = {"all-deep": {0: {}, 1: {}}, "study": {0: {}}, "depthfl-no-kd": {0: {}}}
+    assert progress_line(runs, asked)[0].startswith("**In progress: 4 of 5 runs complete**; not yet: study-seed1.")
+    runs["study"][1] = {}
+    assert progress_line(runs, asked)[0].startswith("**Complete**: all 5 runs")
+    assert progress_line(runs, runs_asked_for(tmp_path / "no-campaign")) == []
+
+
+def test_the_seed_by_seed_table_shows_each_seeds_central_accuracy_and_a_dash_for_a_missing_run():
+    from mefl.methods import per_seed_section
+
+    runs = {
+        "all-deep": {0: _fake_run([0.701, 0.7], 1.0), 2: _fake_run([0.5, 0.6], 1.0)},
+        "study": {0: _fake_run([0.65, 0.66], 1.0)},
+    }
+    rows = [line for line in per_seed_section(runs, ["all-deep", "study"], ["e1", "e2"]) if line.startswith("| ")]
+    assert rows == [
+        "| method | seed 0 | seed 2 |",
+        "| all-deep | 70.1 / 70.0 | 50.0 / 60.0 |",
+        "| study | 65.0 / 66.0 | — |",
+    ]

@@ -46,6 +46,21 @@ def gpu_share(text: str) -> float:
     return value
 
 
+def add_task_and_seeds(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", choices=["fmnist", "har"], required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one run per seed and configuration")
+
+
+def add_campaign_options(parser: argparse.ArgumentParser) -> None:
+    """Where a campaign writes, how many clients it simulates with what resources, and its run config."""
+    parser.add_argument("--clients", type=int, default=24, help="simulated SuperNodes (num-supernodes)")
+    add_client_resources(parser)
+    parser.add_argument(
+        "--run-config", default="", help='overrides for every run: flwr run syntax ("key=value ...") or one .toml file'
+    )
+    parser.add_argument("--out", type=Path, required=True, help="the campaign folder")
+
+
 def add_client_resources(run: argparse.ArgumentParser) -> None:
     """``--cpus-per-client`` / ``--gpus-per-client``: what Ray gives each simulated client (every
     command that runs campaigns takes both)."""

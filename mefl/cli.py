@@ -26,10 +26,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mefl_app.data.tensors import DataError
-from mefl_app.settings import METHODS, SettingsError
+from mefl_app.settings import SettingsError
 
 from . import compare, exits, export, methods, predict, report, shards, study
-from .campaigns import VARIANTS, add_client_resources, run_configs, run_status
+from .campaigns import VARIANTS, add_campaign_options, add_task_and_seeds, run_configs, run_status
 from .runtime import certificates, deployment
 from .runtime.processes import interrupt_on_termination
 
@@ -43,20 +43,6 @@ def _add_se_from(parser: argparse.ArgumentParser) -> None:
         help="report the single-exit runs of this campaign folder (one that differs only in the"
         " distillation settings, which the single-exit model does not use)",
     )
-
-
-def _add_task_and_seeds(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--task", choices=["fmnist", "har"], required=True)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one run per seed and configuration")
-
-
-def _add_campaign_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--clients", type=int, default=24, help="simulated SuperNodes (num-supernodes)")
-    add_client_resources(parser)
-    parser.add_argument(
-        "--run-config", default="", help='overrides for every run: flwr run syntax ("key=value ...") or one .toml file'
-    )
-    parser.add_argument("--out", type=Path, required=True, help="the campaign folder")
 
 
 def _campaign(args: argparse.Namespace, configs: dict[str, dict], write_report: Callable[[], Path]) -> int:
@@ -136,9 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run ME and SE for every seed (skips completed runs), then report",
         description=study.__doc__.splitlines()[0],
     )
-    _add_task_and_seeds(run)
+    add_task_and_seeds(run)
     run.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
-    _add_campaign_options(run)
+    add_campaign_options(run)
     _add_se_from(run)
     run.set_defaults(handler=_study)
 
@@ -167,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("--task", choices=["fmnist", "har"], default="fmnist")
     ex.add_argument("--rounds", type=int, default=10)
-    _add_campaign_options(ex)
+    add_campaign_options(ex)
     ex.add_argument("--report-only", action="store_true", help="only rewrite the report from existing results")
     ex.set_defaults(handler=_exits)
 
@@ -182,16 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the field's methods side by side, a third of the clients at each exit level, then the report",
         description=methods.__doc__.splitlines()[0],
     )
-    _add_task_and_seeds(me)
-    me.add_argument(
-        "--methods",
-        nargs="+",
-        choices=[*METHODS, *methods.ABLATIONS],
-        default=list(METHODS),
-        help=f"presets, or the ablations {', '.join(methods.ABLATIONS)} (default: every preset)",
-    )
-    _add_campaign_options(me)
-    me.add_argument("--report-only", action="store_true", help="only rewrite the report from existing results")
+    methods.add_arguments(me)
     me.set_defaults(handler=_methods)
 
     for name, module, summary in (

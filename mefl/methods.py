@@ -11,6 +11,7 @@ ids in thirds, ``exit-profile``), all on the same shards and initial model (``se
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import shlex
@@ -24,7 +25,7 @@ from flwr.common.config import parse_config_args
 from mefl_app.server.run_folder import ACCURACY_KINDS
 from mefl_app.settings import METHODS, SettingsError
 
-from .campaigns import collect
+from .campaigns import add_campaign_options, add_task_and_seeds, collect
 from .exits import profile
 from .plots import method_plots
 from .report_text import KIND_TITLES, tuning_note
@@ -64,6 +65,20 @@ def configs_for(task: str, seeds: Sequence[int], methods: Sequence[str], clients
     return configs
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``mefl methods``."""
+    add_task_and_seeds(parser)
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=[*METHODS, *ABLATIONS],
+        default=list(METHODS),
+        help=f"presets, or the ablations {', '.join(ABLATIONS)} (default: every preset)",
+    )
+    add_campaign_options(parser)
+    parser.add_argument("--report-only", action="store_true", help="only rewrite the report from existing results")
+
+
 def run_name(configuration: str, seed: int) -> str:
     """The folder under ``runs/`` of one configuration at one seed."""
     return f"{configuration}-seed{seed}"
@@ -71,12 +86,13 @@ def run_name(configuration: str, seed: int) -> str:
 
 def runs_asked_for(out: Path) -> list[str]:
     """Every run that the campaign's recorded commands (``campaign.json``) ask for, in their order."""
-    from .cli import build_parser  # the command line's own parser reads the recorded commands
-
+    parser = argparse.ArgumentParser(prog="mefl methods")
+    add_arguments(parser)
     path = out / "campaign.json"
     names: dict[str, None] = {}
     for invocation in json.loads(path.read_text()) if path.exists() else []:
-        args = build_parser().parse_args(shlex.split(invocation["command"])[1:])
+        words = shlex.split(invocation["command"])  # "mefl methods ..."
+        args = parser.parse_args(words[words.index("methods") + 1 :])
         for seed in args.seeds:
             for name in (REFERENCE, *args.methods):
                 names[run_name(name, seed)] = None

@@ -87,9 +87,8 @@ def main(grid: Grid, context: Context) -> None:
             train_config[RUNS_KEY] = [run_dir.name, *earlier]
         census = take_census(grid, settings, announced)
         recorder.record_federation(census)
-        if resumed is not None:
-            aggregation = next(part for part in chain(levels) if isinstance(part, ExitLevelAggregation))
-            aggregation.know_levels({node: int(answer[metrics.EXIT_LEVEL]) for node, answer in census.items()})
+        aggregation = next(part for part in chain(levels) if isinstance(part, ExitLevelAggregation))
+        aggregation.know_levels({node: int(answer[metrics.EXIT_LEVEL]) for node, answer in census.items()})
         grid = PollingGrid(grid, settings.reply_poll_seconds)
         cohort_size = settings.cohort_size
         if cohort_size == AUTO_COHORT_SIZE:

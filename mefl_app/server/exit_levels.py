@@ -99,8 +99,8 @@ class ExitLevelAggregation(WrappingStrategy):
         return self.inner.aggregate_evaluate(server_round, replies)
 
     def know_levels(self, node_levels: Mapping[int, int]) -> None:
-        """Take every node's level from the census: a continued run, whose stopped run learnt them
-        from its first replies, trims its first round's downlink as that run would have."""
+        """Take every node's level from the census, so that round 1 already sends each client only
+        the part of the model its level holds (replies keep the levels up to date)."""
         self.node_level.update(node_levels)
 
     def _learn_levels(self, replies: list[Message]) -> None:

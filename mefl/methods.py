@@ -136,6 +136,37 @@ def per_seed_section(runs: dict[str, dict[int, dict]], order: list[str], exits: 
     ]
 
 
+def data_behind_exits(runs: dict[str, dict[int, dict]], exits: list[str]) -> list[str]:
+    """Per seed, the share of the training examples held by the clients whose level reaches each
+    exit, and the smallest such share of any one label: only those clients train the exit's blocks,
+    so a label the deeper clients barely hold is one the deeper exits barely learn."""
+    mixed = {seed: run for name, seeds in runs.items() if name != REFERENCE for seed, run in seeds.items()}
+    if not mixed:
+        return []
+    lines = [
+        "## Training data behind each exit",
+        "",
+        "Share of the federation's training examples held by the clients whose exit level reaches the exit"
+        " (every configuration of a seed has the same shards and levels; `all-deep`: 100 % everywhere), and in"
+        " brackets the smallest share of any one label.",
+        "",
+        "| seed | " + " | ".join(exits) + " |",
+        "|---|" + "---|" * len(exits),
+    ]
+    for seed, run in sorted(mixed.items()):
+        level = {int(p): int(node["exit-level"]) for p, node in run["federation"].items()}
+        counts = {int(p): part["label_counts_train"] for p, part in run["partitions"].items()}
+        total = [sum(column) for column in zip(*counts.values())]
+        cells = []
+        for depth in range(1, len(exits) + 1):
+            held = [sum(column) for column in zip(*(c for p, c in counts.items() if level[p] >= depth))]
+            share = sum(held) / sum(total)
+            smallest = min(h / t for h, t in zip(held, total) if t)
+            cells.append(f"{100 * share:.0f} % ({100 * smallest:.0f} %)")
+        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def ensemble(results: dict[str, Any], kind: str, last: int = 1) -> float | None:
     values = [r.get(f"{kind}_ensemble", {}).get("accuracy") for r in results["rounds"][-last:]]
     return None if not values or None in values else statistics.fmean(values)
@@ -288,6 +319,7 @@ def write_report(out: Path) -> Path:
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += per_seed_section(runs, order, exits)
+    lines += data_behind_exits(runs, exits)
     lines += [
         "## Cost",
         "",

@@ -350,3 +350,21 @@ def test_the_seed_by_seed_table_shows_each_seeds_central_accuracy_and_a_dash_for
         "| all-deep | 70.1 / 70.0 | 50.0 / 60.0 |",
         "| study | 65.0 / 66.0 | — |",
     ]
+
+
+def test_the_data_behind_each_exit_is_the_share_the_clients_reaching_it_hold():
+    from mefl.methods import data_behind_exits
+
+    # Three clients at levels 1, 2, 3; two labels: 10 + 30, 30 + 10 and 10 + 10 examples.
+    run = {
+        "federation": {"0": {"exit-level": 1}, "1": {"exit-level": 2}, "2": {"exit-level": 3}},
+        "partitions": {
+            "0": {"label_counts_train": [10, 30]},
+            "1": {"label_counts_train": [30, 10]},
+            "2": {"label_counts_train": [10, 10]},
+        },
+    }
+    rows = data_behind_exits({"all-deep": {0: {}}, "study": {0: run}}, ["e1", "e2", "e3"])
+    # Exit 2: clients 1-2 hold 60 of 100 examples; label 2: 20 of 50. Exit 3: 20 of 100; label 1: 10 of 50.
+    assert rows[-2] == "| 0 | 100 % (100 %) | 60 % (40 %) | 20 % (20 %) |"
+    assert data_behind_exits({"all-deep": {0: {}}}, ["e1"]) == []

@@ -23,6 +23,8 @@ def test_the_methods_campaign_runs_the_reference_and_each_method_and_reports(tmp
     assert reference["run_config"]["exit-profile"] == "" and depthfl["run_config"]["exit-profile"] == "1:1,2:1,3:1"
     assert reference["partitions"] == depthfl["partitions"]  # the same shards
     report = (out / "report.md").read_text()
+    assert "**Complete**: all 2 runs that the campaign's commands" in report
+    assert "| 0 | 100 % (100 %) |" in report.split("## Training data behind each exit")[1]
     row = next(
         line
         for line in report.split("## global model on the central test set")[1].splitlines()

@@ -114,6 +114,11 @@ def progress_line(runs: dict[str, dict[int, dict]], asked: list[str]) -> list[st
     ]
 
 
+def scores_central(results: dict[str, Any]) -> bool:
+    """Whether a run scored the central test set (tuning runs score validation parts instead)."""
+    return "central" in results["rounds"][-1]
+
+
 def per_seed_section(runs: dict[str, dict[int, dict]], order: list[str], exits: list[str]) -> list[str]:
     """Central accuracy seed by seed: a seed gives every configuration the same shards and initial
     model, so a swing shared by all configurations shows here and not in a mean ± std."""
@@ -122,6 +127,8 @@ def per_seed_section(runs: dict[str, dict[int, dict]], order: list[str], exits: 
     def cell(name: str, seed: int) -> str:
         if seed not in runs[name]:
             return "—"
+        if not scores_central(runs[name][seed]):
+            return "n/a"
         return " / ".join(f"{100 * mean_accuracy(runs[name][seed], 'central', e, LAST_ROUNDS):.1f}" for e in exits)
 
     return [
@@ -138,8 +145,8 @@ def per_seed_section(runs: dict[str, dict[int, dict]], order: list[str], exits: 
 
 def data_behind_exits(runs: dict[str, dict[int, dict]], exits: list[str]) -> list[str]:
     """Per seed, the share of the training examples held by the clients whose level reaches each
-    exit, and the smallest such share of any one label: only those clients train the exit's blocks,
-    so a label the deeper clients barely hold is one the deeper exits barely learn."""
+    exit, and the smallest such share of any one label: at most those clients train the exit's
+    blocks, so a label the deeper clients barely hold is one the deeper exits barely learn."""
     mixed = {seed: run for name, seeds in runs.items() if name != REFERENCE for seed, run in seeds.items()}
     if not mixed:
         return []
@@ -213,6 +220,8 @@ def goals_section(runs: dict[str, dict[int, dict]], exits: list[str]) -> list[st
     candidates = {n: r for n, r in runs.items() if n not in (REFERENCE, "exclusive") and n not in ABLATIONS}
     if not reference or not candidates:
         return lines + ["Not yet measurable: the reference or the methods have no completed run.", ""]
+    if not all(scores_central(r) for seeds in runs.values() for r in seeds.values()):
+        return lines + ["Not measurable: these runs did not score the central test set (tuning runs).", ""]
 
     def gaps(a: str, b: str) -> tuple[list[float], list[int]]:
         """Per exit the mean paired gap a - b, and the shared seeds."""
@@ -329,7 +338,7 @@ def write_report(out: Path) -> Path:
     ]
     for name in order:
         results = list(runs[name].values())
-        rounds = [r["rounds_to_target"].get("central", {}).get(exits[-1]) for r in results]
+        rounds = [r["rounds_to_target"].get("central", {}).get(exits[-1]) for r in results if scores_central(r)]
         mb = [r["rounds"][-1]["bytes_cumulative"] / 1e6 for r in results]
         tflops = [client_tflops(r) for r in results]
         seconds = [sum(sum(x.get("client_train_seconds", {}).values()) for x in r["rounds"]) for r in results]

@@ -368,3 +368,12 @@ def test_the_data_behind_each_exit_is_the_share_the_clients_reaching_it_hold():
     # Exit 2: clients 1-2 hold 60 of 100 examples; label 2: 20 of 50. Exit 3: 20 of 100; label 1: 10 of 50.
     assert rows[-2] == "| 0 | 100 % (100 %) | 60 % (40 %) | 20 % (20 %) |"
     assert data_behind_exits({"all-deep": {0: {}}}, ["e1"]) == []
+
+
+def test_tuning_runs_without_central_scores_give_no_per_seed_numbers_and_no_goals():
+    from mefl.methods import goals_section, per_seed_section
+
+    tuning = {"rounds": [{"global_local": {"e1": {"accuracy": 0.5}}, "client_train_mflops": {"0": 1.0}}] * 5}
+    runs = {"all-deep": {0: tuning}, "study": {0: tuning}}
+    assert "| study | n/a |" in per_seed_section(runs, ["all-deep", "study"], ["e1"])
+    assert "Not measurable: these runs did not score the central test set" in goals_section(runs, ["e1"])[2]

@@ -265,7 +265,12 @@ def goals_section(runs: dict[str, dict[int, dict]], exits: list[str]) -> list[st
     elif best == "study":
         lines.append("   The study's own method is the best here, so no method is ahead of it.")
     rivals = [n for n in ("depthfl-no-kd", "inclusivefl") if n in runs]
-    if "depthfl" in runs and rivals:
+    if not ("depthfl" in runs and rivals):
+        lines.append(
+            "3. *DepthFL's published ordering*: not checked here; it needs `depthfl` and at least one of"
+            " `depthfl-no-kd`, `inclusivefl` in the campaign."
+        )
+    else:
         rows = []
         for rival in rivals:
             diff, shared = gaps("depthfl", rival)

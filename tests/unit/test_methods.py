@@ -313,6 +313,8 @@ def test_the_goals_section_says_which_goal_is_met_in_numbers():
     assert "not ahead at every exit of `inclusivefl` (seeds [0, 1]: +5.00 at e1, -0.50 at e2)" in text
     del runs["inclusivefl"][1]  # compared on the seeds both have: seed 0 alone
     assert "of `inclusivefl` (seeds [0]: +4.00 at e1, -1.00 at e2)" in "\n".join(goals_section(runs, ["e1", "e2"]))
+    unchecked = {n: r for n, r in runs.items() if n not in ("inclusivefl", "depthfl-no-kd")}
+    assert "3. *DepthFL's published ordering*: not checked here" in "\n".join(goals_section(unchecked, ["e1", "e2"]))
     runs["depthfl"][0] = _fake_run([0.75, 0.74], 65.0)
     runs["depthfl"][1] = _fake_run([0.78, 0.76], 65.0)
     assert "**not met**. depthfl uses 65 % of the compute" in "\n".join(goals_section(runs, ["e1", "e2"]))

@@ -42,14 +42,14 @@ METHODS: dict[str, dict[str, Any]] = {
         "distill-ramp": 0.3,
         "strategy": "feddyn",
     },
-    # ScaleFL's depth part (Ilhan et al., CVPR 2023): exits weighted by depth, distillation from the
-    # local deepest exit added to the labels' loss after a warm-up of a quarter of the rounds
     # HypeMeFed (Shin et al., 2024): hypernetworks fill the deeper layers of the clients that could
     # not train them, before aggregation; the plain sum of cross-entropies (C = 0)
     "hypemefed": {"distill-weight": 0.0, "hypernetwork-rank": 100},
     # InclusiveFL (Liu et al., KDD 2022): each client trains only its own last exit, and the server
     # blends a shallower level's top-layer update with the deeper level's (momentum distillation)
     "inclusivefl": {"exit-training": "own-exit", "distill-weight": 0.0, "momentum-distillation": 0.2},
+    # ScaleFL's depth part (Ilhan et al., CVPR 2023): exits weighted by depth, distillation from the
+    # local deepest exit added to the labels' loss after a warm-up of a quarter of the rounds
     "scalefl": {
         "distill-teacher": "last-additive",
         "distill-weight": 0.05,

@@ -277,6 +277,11 @@ def record_invocation(out: Path, command: str) -> None:
     path.write_text(json.dumps(history, indent=1))
 
 
+def run_name(configuration: str, seed: int) -> str:
+    """The folder under ``runs/`` of one configuration at one seed (``collect`` reads it back)."""
+    return f"{configuration}-seed{seed}"
+
+
 def collect(out: Path) -> dict[str, dict[int, dict[str, Any]]]:
     """variant -> seed -> completed results, from the files under ``out/runs``."""
     found: dict[str, dict[int, dict[str, Any]]] = {}

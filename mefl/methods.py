@@ -25,7 +25,7 @@ from flwr.common.config import parse_config_args
 from mefl_app.server.run_folder import ACCURACY_KINDS
 from mefl_app.settings import METHODS, SettingsError
 
-from .campaigns import add_campaign_options, add_task_and_seeds, collect
+from .campaigns import add_campaign_options, add_task_and_seeds, collect, run_name
 from .exits import profile
 from .plots import method_plots
 from .report_text import KIND_TITLES, tuning_note
@@ -77,11 +77,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_campaign_options(parser)
     parser.add_argument("--report-only", action="store_true", help="only rewrite the report from existing results")
-
-
-def run_name(configuration: str, seed: int) -> str:
-    """The folder under ``runs/`` of one configuration at one seed."""
-    return f"{configuration}-seed{seed}"
 
 
 def runs_asked_for(out: Path) -> list[str]:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from flwr.common.config import parse_config_args
 
-from .campaigns import VARIANTS
+from .campaigns import VARIANTS, run_name
 
 
 def configs_for(task: str, seeds: Sequence[int], variants: Sequence[str], run_config: str) -> dict[str, dict]:
@@ -23,7 +23,7 @@ def configs_for(task: str, seeds: Sequence[int], variants: Sequence[str], run_co
     variants of a seed see identical shards and initial backbones."""
     overrides = parse_config_args([run_config]) if run_config else {}
     return {
-        f"{v}-seed{s}": {**overrides, "task": task, "multi-exit": VARIANTS[v], "seed": s, "partition-seed": s}
+        run_name(v, s): {**overrides, "task": task, "multi-exit": VARIANTS[v], "seed": s, "partition-seed": s}
         for s in seeds
         for v in variants
     }

@@ -95,6 +95,14 @@ def early_exit_plot(out: Path, runs: dict[str, dict[str, Any]], exits: list[str]
     return "early_exit.png"
 
 
+def seeds_label(runs: dict[str, dict[int, dict[str, Any]]], name: str) -> str:
+    """A configuration's legend entry: its name, and its seeds when not every configuration has the
+    same seeds (a campaign in progress), so that a mean over fewer seeds is not read as final."""
+    if len({tuple(sorted(by_seed)) for by_seed in runs.values()}) == 1:
+        return name
+    return f"{name} (seeds {', '.join(map(str, sorted(runs[name])))})"
+
+
 def method_plots(
     out: Path, runs: dict[str, dict[int, dict[str, Any]]], order: list[str], exits: list[str]
 ) -> list[str]:
@@ -117,7 +125,7 @@ def method_plots(
                 range(1, length + 1),
                 [statistics.fmean(c[j] for c in curves) for j in range(length)],
                 color=f"C{i}",
-                label=name,
+                label=seeds_label(runs, name),
             )
     ax.set(xlabel="round", ylabel=f"central accuracy, {exits[-1]}", title="accuracy per round (mean over seeds)")
     ax.legend(fontsize=7)
@@ -136,7 +144,13 @@ def method_plots(
             final = [r["rounds"][-1].get("central", {}).get(exit_name, {}).get("accuracy") for r in results]
             final = [v for v in final if v is not None]
             if final:
-                ax.plot(tflops, statistics.fmean(final), markers[e % 3], color=f"C{i}", label=f"{name} {exit_name}")
+                ax.plot(
+                    tflops,
+                    statistics.fmean(final),
+                    markers[e % 3],
+                    color=f"C{i}",
+                    label=f"{seeds_label(runs, name)} {exit_name}",
+                )
     ax.set(
         xlabel="client training TFLOPs (whole run)",
         ylabel="central accuracy, last round",

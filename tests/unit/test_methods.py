@@ -354,6 +354,16 @@ def test_the_seed_by_seed_table_shows_each_seeds_central_accuracy_and_a_dash_for
     ]
 
 
+def test_plot_legends_name_the_seeds_only_while_configurations_have_different_seeds():
+    from mefl.plots import seeds_label
+
+    run = _fake_run([0.5, 0.6], 1.0)
+    in_progress = {"all-deep": {0: run, 1: run}, "study": {0: run}}
+    assert seeds_label(in_progress, "all-deep") == "all-deep (seeds 0, 1)"
+    assert seeds_label(in_progress, "study") == "study (seeds 0)"
+    assert seeds_label({"all-deep": {1: run, 0: run}, "study": {0: run, 1: run}}, "study") == "study"
+
+
 def test_the_data_behind_each_exit_is_the_share_the_clients_reaching_it_hold():
     from mefl.methods import data_behind_exits
 
